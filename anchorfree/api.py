@@ -1,0 +1,214 @@
+"""The Python API; the CLI is a thin layer over these functions.
+
+    import anchorfree
+    run = anchorfree.train("fcos_cpu", {"data.train": "train.json", "data.val": "val.json"})
+    detector = anchorfree.load(run / "weights" / "best.safetensors")
+    detections = detector.predict("image.jpg")
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import draw_bounding_boxes
+
+from anchorfree.checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint
+from anchorfree.config import Config, apply_overrides, config_from_dict, get_preset
+from anchorfree.data.coco import read_coco
+from anchorfree.data.dataset import scale_to_original
+from anchorfree.data.images import load_image
+from anchorfree.data.synth import write_synthetic_dataset
+from anchorfree.data.transforms import eval_transforms, make_sample
+from anchorfree.engine import autocast, evaluate, resolve_device
+from anchorfree.engine import train as train_loop
+from anchorfree.evaluation import EvaluationResult
+from anchorfree.models import build_model
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def make_config(preset: str = "fcos_cpu", overrides: dict[str, Any] | list[str] | None = None) -> Config:
+    """A preset with dotted overrides applied (unknown keys raise ConfigError with a suggestion)."""
+    return apply_overrides(get_preset(preset), overrides or {})
+
+
+def train(preset: str = "fcos_cpu", overrides: dict[str, Any] | list[str] | None = None, resume: str | Path | None = None, progress: bool = True) -> Path:
+    """Train a preset with overrides, e.g. `train("fcos_cpu", {"data.train": "a.json", "train.epochs": 5})`.
+
+    With `resume` (a run folder or its `weights/last.safetensors`), the saved config is used and training
+    continues where it stopped; only run-length and machine keys (train.epochs, train.time_limit, train.device,
+    train.threads, data.workers) may be overridden. Returns the run folder.
+    """
+    if resume is not None:
+        saved = load_checkpoint(resume)
+        config = apply_overrides(config_from_dict(saved.metadata["config"]), overrides or {})
+        return train_loop(config, resume=saved.path, progress=progress)
+    return train_loop(make_config(preset, overrides), progress=progress)
+
+
+@dataclass
+class Detector:
+    """A trained detector ready for inference: the model, its preprocessing, and its classes."""
+
+    model: torch.nn.Module
+    config: Config
+    class_names: list[str]
+    category_ids: list[int]
+    device: torch.device
+
+    @torch.no_grad()
+    def predict(self, source: str | Path | Image.Image | torch.Tensor, score_threshold: float = 0.3) -> dict[str, Any]:
+        """Detect objects in one image (a path, a PIL image or a (3, H, W) uint8 tensor).
+
+        Returns {"boxes": (D, 4) float32 x1, y1, x2, y2 in the original image's pixels, "scores": (D,),
+        "labels": (D,) contiguous class indices, "names": list of class names, "category_ids": the dataset's ids}.
+        """
+        image = _as_uint8_tensor(source)
+        height, width = image.shape[-2:]
+        transform = eval_transforms(self.config.data.val_size, self.config.data.max_size)
+        sample = transform(make_sample(image, torch.zeros((0, 4)), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.bool)))
+        network_input = sample["image"].as_subclass(torch.Tensor).to(self.device)
+        self.model.eval()
+        with autocast(self.device, self.config.train.amp):
+            detection = self.model([network_input])[0]
+        keep = detection["scores"] >= score_threshold
+        boxes = scale_to_original(detection["boxes"][keep].float().cpu(), tuple(network_input.shape[-2:]), (height, width))
+        labels = detection["labels"][keep].cpu()
+        return {
+            "boxes": boxes,
+            "scores": detection["scores"][keep].float().cpu(),
+            "labels": labels,
+            "names": [self.class_names[label] for label in labels.tolist()],
+            "category_ids": [self.category_ids[label] for label in labels.tolist()],
+        }
+
+    def draw(self, image: torch.Tensor, detections: dict[str, Any]) -> torch.Tensor:
+        """(3, H, W) uint8 image with the detections drawn as labelled boxes."""
+        captions = [f"{name} {score:.2f}" for name, score in zip(detections["names"], detections["scores"].tolist())]
+        return draw_bounding_boxes(image, detections["boxes"], labels=captions, colors="red", width=2)
+
+
+def load(path: str | Path, device: str = "auto") -> Detector:
+    """Load a checkpoint (`best.safetensors`, `last.safetensors` or a run folder) as a `Detector`."""
+    checkpoint = load_checkpoint(path)
+    config = config_from_dict(checkpoint.metadata["config"])
+    class_names = checkpoint.metadata["class_names"]
+    model = build_model(config.model, len(class_names))
+    missing, unexpected = model.load_state_dict(checkpoint.model_state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {checkpoint.path} does not match its model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    torch_device = resolve_device(device)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return Detector(model.to(torch_device).eval(), config, class_names, checkpoint.metadata["category_ids"], torch_device)
+
+
+def val(weights: str | Path, data: str | Path | None = None, device: str = "auto", progress: bool = True) -> EvaluationResult:
+    """COCO metrics of a checkpoint on a COCO JSON split (default: the val split it was trained with)."""
+    detector = load(weights, device)
+    config = detector.config
+    split = Path(data) if data is not None else Path(config.data.val)
+    if not str(split) or str(split) == ".":
+        raise ValueError("no validation data: pass data=path/to/instances_val.json")
+    split_data = read_coco(split, config.data.images or None, config.data.on_invalid)
+    if split_data.category_ids != detector.category_ids:
+        raise ValueError(
+            f"{split} has category ids {split_data.category_ids} but the model was trained on {detector.category_ids} ({detector.class_names})"
+        )
+    result, _ = evaluate(detector.model, split_data, config, detector.device, progress)
+    return result
+
+
+def predict(weights: str | Path, sources: list[str | Path], out: str | Path = "runs/predict", score_threshold: float = 0.3, device: str = "auto", save_images: bool = True) -> Path:
+    """Detect objects in images and folders of images; write `predictions.json` (COCO results, with file names)
+    and, with `save_images`, each image with its detections drawn. Returns the output folder."""
+    detector = load(weights, device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for image_id, path in enumerate(_expand_sources(sources), start=1):
+        image = load_image(path)
+        detections = detector.predict(image, score_threshold)
+        for box, score, category_id in zip(detections["boxes"].tolist(), detections["scores"].tolist(), detections["category_ids"]):
+            results.append(
+                {
+                    "image_id": image_id,
+                    "file_name": str(path),
+                    "category_id": category_id,
+                    "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2), round(box[3] - box[1], 2)],
+                    "score": round(score, 5),
+                }
+            )
+        if save_images:
+            drawn = detector.draw(image, detections)
+            atomic_write_bytes(out / f"{path.stem}.jpg", _encode_jpeg(drawn))
+    atomic_write_text(out / "predictions.json", json.dumps(results))
+    return out
+
+
+def demo(model: str = "fcos", overrides: dict[str, Any] | list[str] | None = None, progress: bool = True) -> tuple[Path, EvaluationResult]:
+    """The built-in job: make the synthetic dataset (cached), train the family's CPU preset, evaluate, and draw."""
+    presets = {"fcos": "fcos_cpu"}
+    if model not in presets:
+        raise ValueError(f"unknown model {model!r} for the demo; available: {', '.join(presets)}")
+    dataset = synthetic_dataset_path()
+    config = make_config(
+        presets[model],
+        {"data.train": str(dataset / "instances_train.json"), "data.val": str(dataset / "instances_val.json"), "train.name": f"demo_{model}"},
+    )
+    config = apply_overrides(config, overrides or {})
+    run_folder = train_loop(config, progress=progress)
+    result = val(run_folder / "weights" / "best.safetensors", progress=progress)
+    val_images = sorted((dataset / "images" / "val").glob("*.jpg"))[:8]
+    predict(run_folder / "weights" / "best.safetensors", val_images, run_folder / "predictions", score_threshold=0.3)
+    return run_folder, result
+
+
+def synthetic_dataset_path(num_train: int = 800, num_val: int = 200, seed: int = 0) -> Path:
+    """The built-in dataset in the cache folder ($ANCHORFREE_CACHE or ~/.cache/anchorfree), made on first use."""
+    cache = Path(os.environ.get("ANCHORFREE_CACHE", Path.home() / ".cache" / "anchorfree"))
+    folder = cache / f"synthetic-shapes-v1-{num_train}-{num_val}-seed{seed}"
+    if not (folder / "instances_val.json").is_file():
+        write_synthetic_dataset(folder, num_train, num_val, seed)
+    return folder
+
+
+def _expand_sources(sources: list[str | Path]) -> list[Path]:
+    paths: list[Path] = []
+    for source in sources:
+        source = Path(source)
+        if source.is_dir():
+            paths += sorted(path for path in source.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+        elif source.is_file():
+            paths.append(source)
+        else:
+            raise FileNotFoundError(f"{source}: no such image or folder")
+    if not paths:
+        raise FileNotFoundError(f"no images found in {[str(source) for source in sources]} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
+def _as_uint8_tensor(source: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
+    if isinstance(source, (str, Path)):
+        return load_image(source)
+    if isinstance(source, Image.Image):
+        return torch.from_numpy(np.array(source.convert("RGB"))).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+    if isinstance(source, torch.Tensor):
+        if source.dtype != torch.uint8 or source.dim() != 3 or source.shape[0] != 3:
+            raise TypeError(f"a tensor image must be (3, H, W) uint8 RGB, got {source.dtype} {tuple(source.shape)}")
+        return source
+    raise TypeError(f"cannot read an image from {type(source).__name__}; pass a path, a PIL image or a uint8 tensor")
+
+
+def _encode_jpeg(image: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=90)  # (3, H, W) -> (H, W, 3)
+    return buffer.getvalue()

@@ -1,0 +1,1 @@
+"""Data: readers into `DetectionData`, the synthetic dataset, transforms, and the torch Dataset."""

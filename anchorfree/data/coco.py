@@ -1,0 +1,171 @@
+"""COCO detection JSON reader.
+
+Category ids may be any integers (COCO's own skip numbers); they are mapped to contiguous labels in the order
+of their ids, and the mapping travels with every checkpoint so results map back to the original ids.
+Structural problems (unreadable JSON, duplicate ids, unknown categories, malformed boxes) are errors raised
+before training; per-box geometric problems are skipped with a counted warning, or raised under
+on_invalid="error". Crowd boxes become ignore regions; images without annotations stay, as negatives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from anchorfree.data.images import image_size
+from anchorfree.data.records import DetectionData, ImageRecord, InvalidAnnotation, ProblemLog, clip_box
+
+
+def find_image_root(annotation_file: Path, file_name: str) -> Path:
+    """Where `file_name` is relative to: `images/` beside the JSON, `images/` one level up, or the JSON's folder."""
+    folder = annotation_file.parent
+    candidates = [folder / "images", folder.parent / "images", folder]
+    for candidate in candidates:
+        if (candidate / file_name).is_file():
+            return candidate
+    tried = ", ".join(str(candidate / file_name) for candidate in candidates)
+    raise InvalidAnnotation(f"{annotation_file}: cannot find image {file_name!r} (tried {tried}); pass the image folder as data.images")
+
+
+def read_coco(
+    annotation_file: str | Path,
+    image_root: str | Path | None = None,
+    on_invalid: str = "skip",
+    check_image_sizes: bool = True,
+) -> DetectionData:
+    """Read a COCO detection JSON file into `DetectionData`.
+
+    Args:
+        annotation_file: the JSON file.
+        image_root: folder `file_name`s are relative to; found automatically when None (see `find_image_root`).
+        on_invalid: "skip" drops boxes with zero or negative size or outside the image, with one summary
+            warning; "error" raises on the first one.
+        check_image_sizes: compare each image's recorded width/height with the file's header (EXIF applied).
+    """
+    annotation_file = Path(annotation_file)
+    try:
+        with annotation_file.open("r", encoding="utf-8") as handle:
+            document = json.load(handle)
+    except FileNotFoundError as error:
+        raise InvalidAnnotation(f"{annotation_file}: annotation file not found") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidAnnotation(f"{annotation_file}: not valid JSON ({error})") from error
+    if not isinstance(document, dict):
+        raise InvalidAnnotation(f"{annotation_file}: expected a JSON object with 'images', 'annotations', 'categories'")
+    for key in ("images", "categories"):
+        if not isinstance(document.get(key), list):
+            raise InvalidAnnotation(f"{annotation_file}: missing or non-list '{key}'")
+    annotations = document.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise InvalidAnnotation(f"{annotation_file}: 'annotations' must be a list")
+
+    categories = sorted(document["categories"], key=lambda category: category["id"])
+    category_ids = [int(category["id"]) for category in categories]
+    if len(set(category_ids)) != len(category_ids):
+        raise InvalidAnnotation(f"{annotation_file}: duplicate category ids in 'categories': {category_ids}")
+    if not category_ids:
+        raise InvalidAnnotation(f"{annotation_file}: 'categories' is empty")
+    label_of = {category_id: label for label, category_id in enumerate(category_ids)}
+    class_names = [str(category.get("name", category["id"])) for category in categories]
+
+    images: dict[int, dict] = {}
+    for index, image in enumerate(document["images"]):
+        for key in ("id", "file_name"):
+            if key not in image:
+                raise InvalidAnnotation(f"{annotation_file}: images[{index}] has no '{key}'")
+        if image["id"] in images:
+            raise InvalidAnnotation(
+                f"{annotation_file}: image id {image['id']} is used by {images[image['id']]['file_name']!r} and {image['file_name']!r}; image ids must be unique"
+            )
+        images[image["id"]] = image
+
+    problems = ProblemLog(annotation_file, on_invalid)
+    seen_annotation_ids: set = set()
+    per_image: dict[int, list[tuple[int, np.ndarray, int, bool]]] = {image_id: [] for image_id in images}
+    orphans = 0
+    for index, annotation in enumerate(annotations):
+        annotation_id = annotation.get("id", f"#{index}")
+        where = f"{annotation_file}: annotation id={annotation_id}"
+        if annotation_id in seen_annotation_ids:
+            raise InvalidAnnotation(f"{where}: duplicate annotation id {annotation_id}; annotation ids must be unique")
+        seen_annotation_ids.add(annotation_id)
+        image = images.get(annotation.get("image_id"))
+        if image is None:
+            orphans += 1
+            continue
+        where = f"{annotation_file}: image_id={image['id']} ({image['file_name']}) annotation id={annotation_id}"
+        category_id = annotation.get("category_id")
+        if category_id not in label_of:
+            raise InvalidAnnotation(f"{where}: category_id {category_id!r} is not in 'categories' (known: {category_ids})")
+        bbox = annotation.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in bbox):
+            raise InvalidAnnotation(f"{where}: bbox {bbox!r} must be 4 numbers [x, y, width, height]")
+        if not all(math.isfinite(value) for value in bbox):
+            raise InvalidAnnotation(f"{where}: bbox {bbox} contains NaN or inf")
+        x, y, width, height = (float(value) for value in bbox)
+        if width < 0 or height < 0:
+            raise InvalidAnnotation(f"{where}: bbox {bbox} has negative width or height; COCO boxes are [x, y, width, height]")
+        if width == 0 or height == 0:
+            problems.report("zero-size box", f"{where}: bbox {bbox} has width or height 0 (must be > 0)")
+            continue
+        crowd = bool(annotation.get("iscrowd", 0))
+        per_image[image["id"]].append((annotation_id, np.array([x, y, x + width, y + height], dtype=np.float32), label_of[category_id], crowd))
+
+    if orphans:
+        problems.counts["annotation for an unknown image_id"] = orphans
+        problems.examples["annotation for an unknown image_id"] = [f"{orphans} annotation(s) refer to image ids not in 'images'"]
+
+    records = []
+    root = Path(image_root) if image_root is not None else None
+    for image_id, image in images.items():
+        if root is None:
+            root = find_image_root(annotation_file, image["file_name"])
+        path = _safe_join(root, image["file_name"], annotation_file, image_id)
+        width, height = image.get("width"), image.get("height")
+        if check_image_sizes or width is None or height is None:
+            if not path.is_file():
+                raise InvalidAnnotation(f"{annotation_file}: image_id={image_id}: image file {path} not found")
+            actual_width, actual_height = image_size(path)
+            if width is not None and height is not None and (int(width), int(height)) != (actual_width, actual_height):
+                raise InvalidAnnotation(
+                    f"{annotation_file}: image_id={image_id} ({image['file_name']}): recorded size {width}x{height} but the file is "
+                    f"{actual_width}x{actual_height} after EXIF orientation; fix the JSON (an EXIF-rotated photo is the usual cause)"
+                )
+            width, height = actual_width, actual_height
+        boxes, labels, crowds, annotation_ids = [], [], [], []
+        for annotation_id, box, label, crowd in per_image[image_id]:
+            where = f"{annotation_file}: image_id={image_id} ({image['file_name']}) annotation id={annotation_id}"
+            clipped = clip_box(box, int(width), int(height))
+            if clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
+                problems.report("box outside the image", f"{where}: box {box.tolist()} lies outside the {width}x{height} image")
+                continue
+            boxes.append(clipped)
+            labels.append(label)
+            crowds.append(crowd)
+            annotation_ids.append(annotation_id)
+        records.append(
+            ImageRecord(
+                image_id=int(image_id),
+                file_name=image["file_name"],
+                path=path,
+                width=int(width),
+                height=int(height),
+                boxes=np.stack(boxes) if boxes else np.zeros((0, 4), dtype=np.float32),
+                labels=np.array(labels, dtype=np.int64),
+                iscrowd=np.array(crowds, dtype=bool),
+                annotation_ids=annotation_ids,
+            )
+        )
+    problems.warn_summary()
+    return DetectionData(records, class_names, category_ids, annotation_file, dict(problems.counts))
+
+
+def _safe_join(root: Path, file_name: str, annotation_file: Path, image_id: int) -> Path:
+    """root / file_name, refusing names that escape the image root (`../`, absolute paths)."""
+    path = (root / file_name).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise InvalidAnnotation(f"{annotation_file}: image_id={image_id}: file_name {file_name!r} resolves outside the image folder {root}")
+    return path

@@ -1,0 +1,93 @@
+"""A torch Dataset over `DetectionData`, and the collate function for detection batches."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from anchorfree.data.images import load_image
+from anchorfree.data.records import DetectionData
+from anchorfree.data.transforms import make_sample
+
+
+class DetectionDataset(Dataset):
+    """Samples as (image, target): image (3, H, W) float, normalised, at network resolution; target:
+
+    - "boxes" (M, 4) float32 x1, y1, x2, y2 in network-input pixels; "labels" (M,) int64; "iscrowd" (M,) bool
+    - "image_id" int; "original_size" (height, width) of the EXIF-oriented file; "input_size" (height, width)
+
+    Network-input boxes map back to the original image by the ratio original_size / input_size.
+
+    Args:
+        data: records from a reader.
+        transforms: a v2 pipeline from `anchorfree.data.transforms`.
+        largest_input: (shorter side, longer-side cap) the pipeline resizes to at most; large JPEGs are decoded
+            directly at a reduced scale that is still at least that big (much faster, same result after resizing).
+        seed: makes augmentation a function of (seed, epoch, index); set `dataset.epoch` before each epoch.
+    """
+
+    def __init__(
+        self, data: DetectionData, transforms: Callable[[dict], dict], largest_input: tuple[int, int] | None = None, seed: int | None = None
+    ) -> None:
+        self.data = data
+        self.transforms = transforms
+        self.largest_input = largest_input
+        # With a seed, sample `index` of epoch `epoch` is augmented with its own RNG stream: augmentation does not
+        # depend on the number of workers or on which worker loads it, and a resumed epoch repeats exactly.
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.data.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        record = self.data.records[index]
+        reduce_to = None
+        if self.largest_input is not None:
+            size, max_size = self.largest_input
+            scale = min(size / min(record.width, record.height), max_size / max(record.width, record.height))
+            if scale < 1:
+                reduce_to = (math.ceil(record.width * scale), math.ceil(record.height * scale))
+        image = load_image(record.path, reduce_to)
+        height, width = image.shape[-2:]
+        if reduce_to is None and (width, height) != (record.width, record.height):
+            raise ValueError(
+                f"{record.path}: decoded size {width}x{height} differs from the recorded {record.width}x{record.height} "
+                f"(image_id={record.image_id} in {self.data.source})"
+            )
+        boxes = torch.from_numpy(record.boxes).clone()
+        boxes[:, 0::2] *= width / record.width
+        boxes[:, 1::2] *= height / record.height
+        sample = make_sample(image, boxes, torch.from_numpy(record.labels).clone(), torch.from_numpy(record.iscrowd).clone())
+        if self.seed is None:
+            sample = self.transforms(sample)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
+                sample = self.transforms(sample)
+        image = sample["image"]
+        target = {
+            "boxes": sample["boxes"].as_subclass(torch.Tensor).float(),
+            "labels": sample["labels"],
+            "iscrowd": sample["iscrowd"],
+            "image_id": record.image_id,
+            "original_size": (record.height, record.width),
+            "input_size": (int(image.shape[-2]), int(image.shape[-1])),
+        }
+        return image.as_subclass(torch.Tensor), target
+
+
+def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Keep images as a list (the model pads them) and targets as a list of dicts."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+def scale_to_original(boxes: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
+    """Map (D, 4) boxes from network-input pixels back to the original image's pixels."""
+    scale_y = original_size[0] / input_size[0]
+    scale_x = original_size[1] / input_size[1]
+    return boxes * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])

@@ -1,0 +1,82 @@
+"""Image decoding: one function so that training, evaluation, prediction and size checks see the same pixels.
+
+EXIF orientation is applied once, here; grayscale, palette, RGBA, CMYK and 16-bit images become 8-bit RGB.
+The user's file is only read, never rewritten, and Pillow's global limits are never loosened.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "MPO")
+MIN_IMAGE_SIDE = 10
+
+
+class ImageLoadError(ValueError):
+    """An image file that cannot be used: missing, not an image, unsupported, corrupt or too small."""
+
+
+def load_image(path: str | Path, reduce_to: tuple[int, int] | None = None) -> torch.Tensor:
+    """Decode an image file into a (3, H, W) uint8 RGB tensor, EXIF orientation applied.
+
+    Args:
+        path: the image file.
+        reduce_to: optional (width, height) the caller will resize to anyway; JPEGs are then decoded at the
+            smallest power-of-two reduction that is still at least that large (libjpeg's DCT scaling), which
+            makes large photos several times cheaper to load. The caller reads the actual size from the result.
+
+    Raises:
+        ImageLoadError naming the path, for missing, non-image, unsupported, corrupt or too small files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as image:
+            if image.format not in ALLOWED_FORMATS:
+                raise ImageLoadError(f"{path}: unsupported image format {image.format!r} (allowed: {', '.join(ALLOWED_FORMATS)})")
+            if reduce_to is not None and image.format in ("JPEG", "MPO"):
+                orientation = image.getexif().get(0x0112, 1)
+                # A 90-degree EXIF rotation swaps the axes the reduction applies to.
+                width, height = reduce_to if orientation in (1, 2, 3, 4) else reduce_to[::-1]
+                image.draft("RGB", (width, height))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            array = _to_rgb_array(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ImageLoadError(f"{path}: cannot decode image ({error}); the file is corrupt, truncated or not an image") from error
+    if min(array.shape[:2]) < MIN_IMAGE_SIDE:
+        raise ImageLoadError(f"{path}: image is {array.shape[1]}x{array.shape[0]} px, below the minimum side of {MIN_IMAGE_SIDE} px")
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> (H, W, 3) uint8 RGB. 16-bit images are scaled by 65535, not clipped at 255."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image).astype(np.float64)
+        maximum = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        gray = np.clip(np.round(values / maximum * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels are composited on black, the colour the padding uses.
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    return np.array(image.convert("RGB"))
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image after EXIF orientation, read from its header without decoding pixels."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                width, height = height, width
+    except (UnidentifiedImageError, OSError) as error:
+        raise ImageLoadError(f"{path}: cannot read image header ({error})") from error
+    return width, height

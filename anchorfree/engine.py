@@ -1,0 +1,395 @@
+"""Training and evaluation loops, the run folder, and resuming.
+
+`train(config)` reads the data, builds the model, and runs: warmup + cosine learning rate, gradient clipping,
+optional bf16 autocast, a progress bar, validation every N epochs with COCO metrics, `last` and `best`
+checkpoints, and a metrics.csv row per epoch. Ctrl-C finishes the current step, saves `last` and exits; a
+second Ctrl-C stops at once. `--resume` continues from `last` exactly: the data order and every augmentation
+are functions of (seed, epoch, sample index), so a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+import anchorfree
+from anchorfree.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from anchorfree.config import Config, config_from_dict, dump_yaml
+from anchorfree.data.coco import read_coco
+from anchorfree.data.dataset import DetectionDataset, collate, scale_to_original
+from anchorfree.data.records import DetectionData, InvalidAnnotation
+from anchorfree.data.transforms import eval_transforms, train_transforms
+from anchorfree.evaluation import EvaluationResult, detections_to_coco_results, evaluate_coco
+from anchorfree.models import build_model
+
+
+class NonFiniteLoss(FloatingPointError):
+    """Training produced a NaN or inf loss; the message names the iteration, the loss terms and the images."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM stopped training after `last` was saved."""
+
+
+# -------------------------------------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> the first CUDA device if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """bf16 autocast on CPU or CUDA (bf16 needs no loss scaler); losses are computed in float32 inside."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def learning_rate_factor(step: int, progress: float, warmup_iters: int, warmup_factor: float, final_lr_ratio: float) -> float:
+    """Multiplier on the base learning rate: linear warmup over `warmup_iters` steps, then cosine to the end.
+
+    Args:
+        step: optimizer steps done.
+        progress: fraction of training done in [0, 1] (by steps, or by time under a time limit).
+    """
+    cosine = final_lr_ratio + (1 - final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    if step < warmup_iters:
+        alpha = step / warmup_iters
+        return cosine * (warmup_factor * (1 - alpha) + alpha)
+    return cosine
+
+
+def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+    """SGD or AdamW; no weight decay on norm layers, biases and the per-level scales (they are not weights)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim <= 1 or name.endswith(".bias") else decay).append(parameter)
+    train = config.train
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=train.lr)
+    raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', got {train.optimizer!r}")
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of the dataset fixed by (seed, epoch), optionally starting part-way (for resuming)."""
+
+    def __init__(self, size: int, seed: int, epoch: int, start: int = 0) -> None:
+        self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        return iter(order[self.start :])
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+
+def read_splits(config: Config) -> tuple[DetectionData, DetectionData | None]:
+    """Read the train and (optional) val splits and check they agree on the classes."""
+    if not config.data.train:
+        raise InvalidAnnotation("data.train is not set: give a COCO JSON file, e.g. data.train=path/instances_train.json")
+    images = config.data.images or None
+    train_data = read_coco(config.data.train, images, config.data.on_invalid)
+    val_data = read_coco(config.data.val, images, config.data.on_invalid) if config.data.val else None
+    if val_data is not None and (val_data.category_ids, val_data.class_names) != (train_data.category_ids, train_data.class_names):
+        differences = sorted(
+            set(zip(train_data.category_ids, train_data.class_names)) ^ set(zip(val_data.category_ids, val_data.class_names))
+        )
+        raise InvalidAnnotation(
+            f"{config.data.train} and {config.data.val} disagree on categories: (id, name) pairs in only one of them: {differences}"
+        )
+    return train_data, val_data
+
+
+def make_loader(dataset: DetectionDataset, batch_size: int, workers: int, sampler: Sampler[int] | None = None) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=False,
+        persistent_workers=False,
+    )
+
+
+def new_run_folder(project: str, name: str) -> Path:
+    """runs/<name>, or runs/<name>2, runs/<name>3... if taken, so a new run never overwrites an old one."""
+    root = Path(project)
+    root.mkdir(parents=True, exist_ok=True)
+    candidate, suffix = root / name, 2
+    while candidate.exists():
+        candidate, suffix = root / f"{name}{suffix}", suffix + 1
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict_dataset(model: nn.Module, dataset: DetectionDataset, device: torch.device, batch_size: int = 8, workers: int = 0, amp: bool = False, progress: bool = True) -> list[dict]:
+    """Run the model over a dataset; return COCO result dicts with boxes in original-image pixels."""
+    model.eval()
+    results: list[dict] = []
+    category_ids = dataset.data.category_ids
+    loader = make_loader(dataset, batch_size, workers)
+    for images, targets in tqdm(loader, desc="val", leave=False, disable=not progress, dynamic_ncols=True):
+        with autocast(device, amp):
+            detections = model([image.to(device, non_blocking=True) for image in images])
+        for detection, target in zip(detections, targets):
+            boxes = scale_to_original(detection["boxes"].float().cpu(), target["input_size"], target["original_size"])
+            results += detections_to_coco_results(target["image_id"], boxes, detection["scores"].float().cpu(), detection["labels"].cpu(), category_ids)
+    return results
+
+
+def evaluate(model: nn.Module, data: DetectionData, config: Config, device: torch.device, progress: bool = True) -> tuple[EvaluationResult, list[dict]]:
+    """COCO metrics of `model` on `data` (pycocotools underneath), and the detections they were computed from."""
+    dataset = DetectionDataset(data, eval_transforms(config.data.val_size, config.data.max_size), (config.data.val_size, config.data.max_size))
+    detections = predict_dataset(model, dataset, device, config.train.batch_size, config.data.workers, config.train.amp, progress)
+    max_detections = getattr(config.model, config.model.name).max_detections
+    return evaluate_coco(data.coco_ground_truth(), detections, max_detections=max(max_detections, 10)), detections
+
+
+# ------------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class LoopState:
+    """Where training is; saved in `last` so a resumed run continues from the same place."""
+
+    epoch: int = 0  # the epoch in progress (or the next one when iteration == 0)
+    iteration: int = 0  # batches done in that epoch
+    step: int = 0  # optimizer steps done in total
+    elapsed: float = 0.0  # seconds spent training (for time limits)
+    best_map: float = -1.0
+    best_epoch: int = -1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _StopSignal:
+    """First Ctrl-C / SIGTERM: ask the loop to stop after the current step. Second: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopSignal":
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signal_number] = signal.signal(signal_number, self._handle)
+            except ValueError:
+                pass  # not the main thread: signals stay with whoever owns them
+        return self
+
+    def _handle(self, signal_number: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("stopping after this step (press Ctrl-C again to stop immediately)...")
+
+    def __exit__(self, *exc: Any) -> None:
+        for signal_number, handler in self._previous.items():
+            signal.signal(signal_number, handler)
+
+
+def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> Path:
+    """Train a detector as `config` says; return the run folder (config.yaml, metrics.csv, weights/)."""
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    device = resolve_device(config.train.device)
+    train_data, val_data = read_splits(config)
+    num_classes = len(train_data.class_names)
+
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model, num_classes).to(device)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config)
+    state = LoopState()
+    if resume is not None:
+        checkpoint = load_checkpoint(resume)
+        if checkpoint.optimizer_state is None:
+            raise CheckpointError(f"{checkpoint.path} holds weights only (a `best` file?); resume from weights/last.safetensors")
+        _check_resume_config(checkpoint.metadata["config"], config)
+        model.load_state_dict(checkpoint.model_state)
+        optimizer.load_state_dict(checkpoint.optimizer_state)
+        state = LoopState(**checkpoint.metadata["loop"])
+        run_folder = checkpoint.path.parent.parent
+    else:
+        run_folder = new_run_folder(config.train.project, config.train.name or config.preset or config.model.name)
+    weights_folder = run_folder / "weights"
+    weights_folder.mkdir(exist_ok=True)
+    remove_stale_temporaries(weights_folder)
+    remove_stale_temporaries(run_folder)
+    atomic_write_text(run_folder / "config.yaml", dump_yaml(config))
+
+    size, max_size = max(config.data.train_sizes), config.data.max_size
+    dataset = DetectionDataset(
+        train_data,
+        train_transforms(config.data.train_sizes, max_size, config.data.horizontal_flip, config.data.photometric),
+        (size, max_size),
+        seed=config.train.seed,
+    )
+    batches_per_epoch = math.ceil(len(dataset) / config.train.batch_size)
+    total_steps = batches_per_epoch * config.train.epochs
+    time_limit = config.train.time_limit * 60.0
+    metadata_base = {
+        "config": config.to_dict(),
+        "class_names": train_data.class_names,
+        "category_ids": train_data.category_ids,
+        "anchorfree_version": anchorfree.__version__,
+        "torch_version": torch.__version__,
+    }
+    metrics_rows = _read_metrics(run_folder / "metrics.csv") if resume is not None else []
+
+    def save(name: str, with_optimizer: bool, extra: dict[str, Any] | None = None) -> None:
+        metadata = {**metadata_base, "loop": state.to_dict(), "epoch": state.epoch, **(extra or {})}
+        save_checkpoint(weights_folder / f"{name}.safetensors", model, metadata, optimizer if with_optimizer else None)
+
+    def out_of_time() -> bool:
+        return time_limit > 0 and state.elapsed >= time_limit
+
+    with _StopSignal() as stop:
+        while state.epoch < config.train.epochs and not out_of_time():
+            dataset.epoch = state.epoch
+            sampler = EpochSampler(len(dataset), config.train.seed, state.epoch, start=state.iteration * config.train.batch_size)
+            loader = make_loader(dataset, config.train.batch_size, config.data.workers, sampler)
+            model.train()
+            sums: dict[str, float] = {}
+            images_seen, epoch_start = 0, time.perf_counter()
+            bar = tqdm(
+                loader, total=len(loader), initial=0, desc=f"epoch {state.epoch + 1}/{config.train.epochs}",
+                disable=not progress, dynamic_ncols=True, leave=True,
+            )
+            step_start = time.perf_counter()
+            for images, targets in bar:
+                progress_fraction = state.elapsed / time_limit if time_limit > 0 else state.step / max(total_steps, 1)
+                factor = learning_rate_factor(state.step, progress_fraction, config.train.warmup_iters, config.train.warmup_factor, config.train.final_lr_ratio)
+                for group in optimizer.param_groups:
+                    group["lr"] = config.train.lr * factor
+                images = [image.to(device, non_blocking=True) for image in images]
+                device_targets = [{key: (value.to(device) if isinstance(value, torch.Tensor) else value) for key, value in target.items()} for target in targets]
+                with autocast(device, config.train.amp):
+                    losses = model(images, device_targets)
+                total = sum(losses.values())
+                if not torch.isfinite(total):
+                    terms = ", ".join(f"{name}={value.item():.4g}" for name, value in losses.items())
+                    image_ids = [target["image_id"] for target in targets]
+                    raise NonFiniteLoss(
+                        f"non-finite loss at epoch {state.epoch + 1} iteration {state.iteration + 1} (step {state.step + 1}): {terms}; "
+                        f"images {image_ids}. The last good checkpoint is {weights_folder / 'last.safetensors'}; "
+                        "lower train.lr or raise train.warmup_iters"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if config.train.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+                optimizer.step()
+
+                now = time.perf_counter()
+                state.elapsed += now - step_start
+                step_start = now
+                state.step += 1
+                state.iteration += 1
+                images_seen += len(images)
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + value.item()
+                images_per_second = images_seen / max(now - epoch_start, 1e-9)
+                bar.set_postfix(
+                    {**{name: f"{value / state.iteration:.3f}" for name, value in sums.items()},
+                     "lr": f"{optimizer.param_groups[0]['lr']:.2e}", "img/s": f"{images_per_second:.1f}"},
+                    refresh=False,
+                )
+                if stop.requested or out_of_time():
+                    break
+            bar.close()
+            batches_done = max(len(loader) if not (stop.requested or out_of_time()) else state.iteration, 1)
+            epoch_finished = state.iteration * config.train.batch_size >= len(dataset)
+            if stop.requested and not epoch_finished:
+                save("last", with_optimizer=True)
+                raise TrainingInterrupted(f"training stopped at epoch {state.epoch + 1} iteration {state.iteration}; resume with: anchorfree train --resume {run_folder}")
+            row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, "lr": optimizer.param_groups[0]["lr"]}
+            row.update({f"loss/{name}": value / max(batches_done, 1) for name, value in sums.items()})
+            row["images_per_second"] = images_seen / max(time.perf_counter() - epoch_start, 1e-9)
+            state.epoch += 1
+            state.iteration = 0
+            last_epoch = state.epoch >= config.train.epochs or out_of_time() or stop.requested
+            if val_data is not None and (state.epoch % config.train.eval_every == 0 or last_epoch):
+                result, _ = evaluate(model, val_data, config, device, progress)
+                row.update({f"val/{name}": value for name, value in result.stats.items()})
+                improved = result.stats["mAP"] > state.best_map
+                if improved:
+                    state.best_map, state.best_epoch = result.stats["mAP"], state.epoch
+                tqdm.write(f"epoch {state.epoch}: mAP {result.stats['mAP']:.4f}  AP50 {result.stats['AP50']:.4f}  (best {state.best_map:.4f} at epoch {state.best_epoch})")
+                if improved:
+                    save("best", with_optimizer=False, extra={"metrics": result.to_dict()})
+            elif val_data is None:
+                save("best", with_optimizer=False)
+            metrics_rows.append(row)
+            _write_metrics(run_folder / "metrics.csv", metrics_rows)
+            save("last", with_optimizer=True)
+            if stop.requested:
+                raise TrainingInterrupted(f"training stopped after epoch {state.epoch}; resume with: anchorfree train --resume {run_folder}")
+    return run_folder
+
+
+def _check_resume_config(saved: dict, requested: Config) -> None:
+    """Refuse to resume under a different config, except for keys that do not change the run's meaning."""
+    allowed = {"train.epochs", "train.time_limit", "train.device", "train.threads", "data.workers", "train.eval_every", "train.log_every"}
+    saved_config = config_from_dict(saved)
+    saved_flat, requested_flat = _flat(saved_config.to_dict()), _flat(requested.to_dict())
+    different = sorted(key for key in saved_flat if saved_flat[key] != requested_flat.get(key) and key not in allowed)
+    if different:
+        details = "; ".join(f"{key}: saved {saved_flat[key]!r}, now {requested_flat.get(key)!r}" for key in different)
+        raise CheckpointError(f"cannot resume: the config differs from the checkpoint's ({details})")
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: (f"{value:.6g}" if isinstance(value, float) else value) for key, value in row.items()})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [dict(row) for row in csv.DictReader(handle)]

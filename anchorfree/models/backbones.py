@@ -1,0 +1,112 @@
+"""Backbones and necks shared by the families.
+
+A backbone is a torchvision classification network cut into stages; it returns the feature maps C3, C4, C5
+(strides 8, 16, 32). A neck turns them into what a head reads: the FPN P3-P7 for FCOS. ImageNet weights come
+through torchvision's own weights API, so they load from its cache exactly as torchvision loads them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torchvision import models as tv_models
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
+
+
+class ResNetBackbone(nn.Module):
+    """ResNet stem + layer1..layer4, returning C3, C4, C5 (outputs of layer2, layer3, layer4)."""
+
+    def __init__(self, resnet: tv_models.ResNet) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
+        self.out_channels = [self._width(layer) for layer in (self.layer2, self.layer3, self.layer4)]
+        self.strides = [8, 16, 32]
+
+    @staticmethod
+    def _width(layer: nn.Sequential) -> int:
+        last_block = layer[-1]
+        last_bn = last_block.bn3 if hasattr(last_block, "bn3") else last_block.bn2
+        return last_bn.num_features
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        c2 = self.layer1(self.stem(images))
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return [c3, c4, c5]
+
+
+class MobileNetV2Backbone(nn.Module):
+    """MobileNetV2 `features` cut after the last block of strides 8, 16 and 32 (C5 is the 1x1 expansion output)."""
+
+    def __init__(self, mobilenet: tv_models.MobileNetV2) -> None:
+        super().__init__()
+        features = mobilenet.features
+        # Blocks 0-6 end at stride 8, 7-13 at stride 16, 14-18 at stride 32 (the final 1x1 conv to 1280 x width).
+        self.stage3 = features[:7]
+        self.stage4 = features[7:14]
+        self.stage5 = features[14:]
+        self.out_channels = [self._width(self.stage3), self._width(self.stage4), self._width(self.stage5)]
+        self.strides = [8, 16, 32]
+
+    @staticmethod
+    def _width(stage: nn.Sequential) -> int:
+        convs = [module for module in stage.modules() if isinstance(module, nn.Conv2d)]
+        return convs[-1].out_channels
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        c3 = self.stage3(images)
+        c4 = self.stage4(c3)
+        c5 = self.stage5(c4)
+        return [c3, c4, c5]
+
+
+def build_backbone(name: str, pretrained: bool = False, width_multiplier: float = 1.0) -> nn.Module:
+    """A backbone returning [C3, C4, C5] with `.out_channels` and `.strides`.
+
+    Args:
+        name: one of BACKBONE_NAMES.
+        pretrained: load torchvision's ImageNet weights (IMAGENET1K_V1) through its weights API. Pretrained
+            backbones use frozen batch norm, as torchvision's detectors do: detection batches are too small
+            to re-estimate ImageNet statistics. From scratch, batch norm trains.
+        width_multiplier: channel multiplier for mobilenet_v2 (1.0 only when pretrained).
+    """
+    norm_layer = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    if name.startswith("resnet"):
+        if width_multiplier != 1.0:
+            raise ValueError(f"backbone {name!r} has no width multiplier (got {width_multiplier}); use mobilenet_v2")
+        builder = {"resnet18": tv_models.resnet18, "resnet34": tv_models.resnet34, "resnet50": tv_models.resnet50}
+        if name not in builder:
+            raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
+        weights = "IMAGENET1K_V1" if pretrained else None
+        return ResNetBackbone(builder[name](weights=weights, norm_layer=norm_layer))
+    if name == "mobilenet_v2":
+        if pretrained and width_multiplier != 1.0:
+            raise ValueError(f"ImageNet weights exist for width 1.0 only (got width_multiplier={width_multiplier})")
+        weights = "IMAGENET1K_V1" if pretrained else None
+        return MobileNetV2Backbone(tv_models.mobilenet_v2(weights=weights, width_mult=width_multiplier, norm_layer=norm_layer))
+    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
+
+
+class FPN(nn.Module):
+    """Feature pyramid P3-P7 on C3-C5 (Lin et al.), with P6 and P7 from stride-2 convs on P5 as FCOS does.
+
+    Returns five maps of `channels` channels at strides 8, 16, 32, 64, 128.
+    """
+
+    def __init__(self, in_channels: list[int], channels: int) -> None:
+        super().__init__()
+        # torchvision's LastLevelP6P7 builds P6 from P5 when its in and out widths match (the FCOS choice).
+        self.pyramid = FeaturePyramidNetwork(in_channels, channels, extra_blocks=LastLevelP6P7(channels, channels))
+        self.strides = [8, 16, 32, 64, 128]
+        self.out_channels = channels
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        named = OrderedDict((str(index), feature) for index, feature in enumerate(features))
+        return list(self.pyramid(named).values())

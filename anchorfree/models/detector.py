@@ -1,0 +1,98 @@
+"""The contract every family follows, and the input checks they share.
+
+A detector is a plain `nn.Module` with torchvision's contract: `model(images, targets)` returns a dict of
+scalar losses in training mode and `list[{"boxes", "scores", "labels"}]` in eval mode. `images` are already
+resized and normalised by the data pipeline (the model never resizes); they may be a padded batch tensor
+(N, 3, H, W) or a list of (3, H_i, W_i) tensors, which are padded here (bottom/right) to a common size.
+Boxes are absolute (x1, y1, x2, y2) pixels of the (unpadded) input image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def batch_images(images: torch.Tensor | list[torch.Tensor], size_divisor: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Pad images into one (N, 3, H, W) batch whose sides are multiples of `size_divisor`.
+
+    Returns:
+        The batch and each image's (height, width) before padding. A batch tensor is taken as is: its
+        images are assumed to fill it (their sizes are the batch size), padded to `size_divisor` if needed.
+    """
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (N, 3, H, W), got shape {tuple(images.shape)}")
+        _check_floating(images)
+        height, width = images.shape[-2:]
+        image_sizes = [(int(height), int(width))] * images.shape[0]
+        padded_height = int(math.ceil(height / size_divisor) * size_divisor)
+        padded_width = int(math.ceil(width / size_divisor) * size_divisor)
+        if (padded_height, padded_width) != (height, width):
+            images = F.pad(images, (0, padded_width - width, 0, padded_height - height))
+        return images, image_sizes
+    if not isinstance(images, (list, tuple)) or len(images) == 0:
+        raise TypeError(f"images must be a (N, 3, H, W) tensor or a non-empty list of (3, H, W) tensors, got {type(images).__name__}")
+    for index, image in enumerate(images):
+        if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"images[{index}] must be a (3, H, W) tensor, got {shape}")
+        _check_floating(image)
+    image_sizes = [(int(image.shape[1]), int(image.shape[2])) for image in images]
+    padded_height = int(math.ceil(max(height for height, _ in image_sizes) / size_divisor) * size_divisor)
+    padded_width = int(math.ceil(max(width for _, width in image_sizes) / size_divisor) * size_divisor)
+    batch = images[0].new_zeros((len(images), 3, padded_height, padded_width))
+    for index, image in enumerate(images):
+        batch[index, :, : image.shape[1], : image.shape[2]].copy_(image)
+    return batch, image_sizes
+
+
+def match_memory_format(batch: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    """Give the batch the memory format of the module's first conv weights (channels_last is much faster on CPU)."""
+    first_conv = next(layer for layer in module.modules() if isinstance(layer, torch.nn.Conv2d))
+    if first_conv.weight.is_contiguous(memory_format=torch.channels_last) and not first_conv.weight.is_contiguous():
+        return batch.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def _check_floating(images: torch.Tensor) -> None:
+    if not images.is_floating_point():
+        raise TypeError(
+            f"images must be floating point and normalised by the data pipeline, got dtype {images.dtype}; "
+            "convert with anchorfree.data.transforms (or image.float() / 255 and normalise)"
+        )
+
+
+def check_targets(targets: list[dict[str, torch.Tensor]] | None, num_images: int) -> None:
+    """Raise a clear error for missing or malformed training targets (torchvision's checks, with the values)."""
+    if targets is None:
+        raise ValueError("targets are required in training mode: model(images, targets) with one dict per image")
+    if not isinstance(targets, (list, tuple)) or len(targets) != num_images:
+        count = len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__
+        raise ValueError(f"expected a list of {num_images} target dicts (one per image), got {count}")
+    for index, target in enumerate(targets):
+        if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
+            raise ValueError(f"targets[{index}] must be a dict with 'boxes' and 'labels'")
+        boxes, labels = target["boxes"], target["labels"]
+        if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[-1] != 4:
+            shape = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
+            raise ValueError(f"targets[{index}]['boxes'] must be a (N, 4) tensor of x1, y1, x2, y2, got {shape}")
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != boxes.shape[0]:
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise ValueError(f"targets[{index}]['labels'] must be a ({boxes.shape[0]},) tensor, got {shape}")
+        if not torch.isfinite(boxes).all():
+            raise ValueError(f"targets[{index}]['boxes'] contains NaN or inf: {boxes[~torch.isfinite(boxes).all(1)].tolist()}")
+        degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        if degenerate.any():
+            raise ValueError(f"targets[{index}]['boxes'] has boxes with x2 <= x1 or y2 <= y1: {boxes[degenerate].tolist()}")
+
+
+def check_num_classes(labels: torch.Tensor, num_classes: int, image_index: int) -> None:
+    """Raise when a target label is outside [0, num_classes): the model's head and the data disagree."""
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"targets[{image_index}]['labels'] has label {int(labels.max() if labels.max() >= num_classes else labels.min())} "
+            f"outside [0, {num_classes}): the model was built for {num_classes} classes"
+        )

@@ -1,0 +1,1 @@
+"""Generic detection maths shared by every family: boxes, point grids, losses."""
