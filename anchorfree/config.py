@@ -153,8 +153,9 @@ def get_preset(name: str) -> Config:
 def apply_overrides(config: Config, overrides: list[str] | dict[str, Any]) -> Config:
     """Set dotted keys on a copy of `config`, e.g. ["train.epochs=24", "model.fcos.head_convs=2"].
 
-    Values given as strings are parsed with `yaml.safe_load` ("0.01" -> float, "[1, 2]" -> list, "true" -> bool)
-    and must match the field's type. Raises ConfigError for unknown keys (with a suggestion) or bad values.
+    Values in "key=value" strings are parsed with `yaml.safe_load` ("0.01" -> float, "[1, 2]" -> list,
+    "true" -> bool); numbers and booleans given as strings (also in a dict) are parsed for numeric and boolean
+    fields ("1e-3" -> 0.001). Values must match the field's type. Raises ConfigError for unknown keys (with a suggestion) or bad values.
     """
     config = _copy(config)
     items = overrides.items() if isinstance(overrides, dict) else [_split(item) for item in overrides]
@@ -234,6 +235,9 @@ def _field_type(node: Any, name: str) -> Any:
 
 def _coerce(key: str, value: Any, expected: Any) -> Any:
     origin = typing.get_origin(expected)
+    if isinstance(value, str) and expected in (bool, int, float):
+        # "1e-3" is a string to YAML (its float syntax needs a dot); Python's own parsers read it as a number.
+        value = _parse_scalar(value)
     if origin is list:
         (item_type,) = typing.get_args(expected)
         if isinstance(value, tuple):
@@ -262,6 +266,16 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
             return str(value)
         raise ConfigError(f"{key} expects a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported field type {expected}")
+
+
+def _parse_scalar(text: str) -> Any:
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    lowered = text.strip().lower()
+    return {"true": True, "false": False}.get(lowered, text)
 
 
 def _suggest(word: str, candidates: Any) -> str:

@@ -14,7 +14,7 @@ import io
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -183,9 +183,12 @@ class LoopState:
     elapsed: float = 0.0  # seconds spent training (for time limits)
     best_map: float = -1.0
     best_epoch: int = -1
+    epoch_loss_sums: dict[str, float] = field(default_factory=dict)  # running sums of the epoch in progress
+    epoch_images: int = 0
+    epoch_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "epoch_loss_sums": dict(self.epoch_loss_sums)}
 
 
 class _StopSignal:
@@ -277,8 +280,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             sampler = EpochSampler(len(dataset), config.train.seed, state.epoch, start=state.iteration * config.train.batch_size)
             loader = make_loader(dataset, config.train.batch_size, config.data.workers, sampler)
             model.train()
-            sums: dict[str, float] = {}
-            images_seen, epoch_start = 0, time.perf_counter()
+            sums = state.epoch_loss_sums
             bar = tqdm(
                 loader, total=len(loader), initial=0, desc=f"epoch {state.epoch + 1}/{config.train.epochs}",
                 disable=not progress, dynamic_ncols=True, leave=True,
@@ -310,13 +312,14 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
 
                 now = time.perf_counter()
                 state.elapsed += now - step_start
+                state.epoch_seconds += now - step_start
                 step_start = now
                 state.step += 1
                 state.iteration += 1
-                images_seen += len(images)
+                state.epoch_images += len(images)
                 for name, value in losses.items():
                     sums[name] = sums.get(name, 0.0) + value.item()
-                images_per_second = images_seen / max(now - epoch_start, 1e-9)
+                images_per_second = state.epoch_images / max(state.epoch_seconds, 1e-9)
                 bar.set_postfix(
                     {**{name: f"{value / state.iteration:.3f}" for name, value in sums.items()},
                      "lr": f"{optimizer.param_groups[0]['lr']:.2e}", "img/s": f"{images_per_second:.1f}"},
@@ -325,16 +328,17 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                 if stop.requested or out_of_time():
                     break
             bar.close()
-            batches_done = max(len(loader) if not (stop.requested or out_of_time()) else state.iteration, 1)
+            batches_done = max(state.iteration, 1)
             epoch_finished = state.iteration * config.train.batch_size >= len(dataset)
             if stop.requested and not epoch_finished:
                 save("last", with_optimizer=True)
                 raise TrainingInterrupted(f"training stopped at epoch {state.epoch + 1} iteration {state.iteration}; resume with: anchorfree train --resume {run_folder}")
             row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, "lr": optimizer.param_groups[0]["lr"]}
             row.update({f"loss/{name}": value / max(batches_done, 1) for name, value in sums.items()})
-            row["images_per_second"] = images_seen / max(time.perf_counter() - epoch_start, 1e-9)
+            row["images_per_second"] = state.epoch_images / max(state.epoch_seconds, 1e-9)
             state.epoch += 1
             state.iteration = 0
+            state.epoch_loss_sums, state.epoch_images, state.epoch_seconds = {}, 0, 0.0
             last_epoch = state.epoch >= config.train.epochs or out_of_time() or stop.requested
             if val_data is not None and (state.epoch % config.train.eval_every == 0 or last_epoch):
                 result, _ = evaluate(model, val_data, config, device, progress)

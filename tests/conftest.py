@@ -1,0 +1,53 @@
+"""Shared fixtures: one CPU thread, a tiny synthetic dataset, and tiny-model overrides for API/CLI runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from anchorfree.data.synth import write_synthetic_dataset
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_thread() -> None:
+    """The test machine is shared (2 cores): keep torch on one thread."""
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 train / 8 val synthetic shape images (6 classes), written once per session."""
+    return write_synthetic_dataset(tmp_path_factory.mktemp("tiny") / "shapes", num_train=16, num_val=8, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(tiny_dataset: Path) -> Callable[..., dict[str, Any]]:
+    """tiny_overrides(project, **extra) -> dotted overrides for a ~1 s training run on `tiny_dataset`.
+
+    Extra keys use "__" for "." (train__epochs=2 -> "train.epochs": 2).
+    """
+
+    def make(project: Path, **extra: Any) -> dict[str, Any]:
+        overrides = {
+            "data.train": str(tiny_dataset / "instances_train.json"),
+            "data.val": str(tiny_dataset / "instances_val.json"),
+            "model.backbone": "mobilenet_v2",
+            "model.backbone_width": 0.25,
+            "model.fcos.fpn_channels": 32,
+            "model.fcos.head_convs": 1,
+            "model.fcos.norm_groups": 8,
+            "data.train_sizes": [128],
+            "data.val_size": 128,
+            "data.max_size": 160,
+            "data.workers": 0,
+            "train.batch_size": 4,
+            "train.epochs": 1,
+            "train.project": str(project),
+        }
+        overrides.update({key.replace("__", "."): value for key, value in extra.items()})
+        return overrides
+
+    return make

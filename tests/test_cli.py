@@ -1,0 +1,136 @@
+"""The `anchorfree` command line, called in-process through `anchorfree.cli.main`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anchorfree.cli import main
+from anchorfree.config import PRESETS, get_preset
+
+pytestmark = pytest.mark.filterwarnings("ignore:no detections on the evaluated images")
+
+
+def as_arguments(overrides: dict) -> list[str]:
+    """{"train.epochs": 1, "data.train_sizes": [128]} -> ["train.epochs=1", "data.train_sizes=[128]"]."""
+    return [f"{key}={json.dumps(value) if isinstance(value, list) else value}" for key, value in overrides.items()]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory: pytest.TempPathFactory, tiny_overrides) -> tuple[int, str, Path]:
+    """`anchorfree train` with key=value overrides; a zero score threshold so predictions are never empty."""
+    overrides = tiny_overrides(tmp_path_factory.mktemp("cli"), train__name="cli", model__fcos__score_threshold=0.0)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["train", "--preset", "fcos_cpu", *as_arguments(overrides)])
+    return code, stdout.getvalue(), Path(overrides["train.project"]) / "cli"
+
+
+def test_train_prints_the_run_folder(cli_run) -> None:
+    code, stdout, run = cli_run
+    assert code == 0
+    assert stdout.strip().splitlines()[-1] == f"run folder: {run}"
+    assert (run / "weights" / "best.safetensors").is_file() and (run / "weights" / "last.safetensors").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["train_sizes"] == [128] and saved["model"]["backbone_width"] == 0.25 and saved["model"]["fcos"]["score_threshold"] == 0.0
+
+
+def test_val_prints_coco_metrics_and_saves_json(cli_run, tmp_path: Path, capsys) -> None:
+    _, _, run = cli_run
+    metrics_file = tmp_path / "metrics.json"
+    assert main(["val", str(run / "weights" / "best.safetensors"), "--device", "cpu", "--save-json", str(metrics_file)]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("COCO bbox: 8 images, ")
+    saved = json.loads(metrics_file.read_text())
+    assert set(saved["stats"]) >= {"mAP", "AP50", "AP75"}
+    for name in ("mAP", "AP50"):  # the printed table and the saved JSON agree
+        assert f"  {name:<10} {saved['stats'][name]:6.4f}" in stdout.splitlines()
+
+
+def test_predict_writes_predictions_json_and_drawn_images(cli_run, tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    _, _, run = cli_run
+    out = tmp_path / "predictions"
+    images = tiny_dataset / "images" / "val"
+    assert main(["predict", str(run / "weights" / "best.safetensors"), str(images), "--out", str(out), "--conf", "0"]) == 0
+    assert capsys.readouterr().out.strip() == f"predictions: {out / 'predictions.json'}"
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert isinstance(predictions, list) and predictions
+    sources = sorted(images.glob("*.jpg"))
+    assert sorted(path.name for path in out.glob("*.jpg")) == [path.name for path in sources]
+    for prediction in predictions:
+        assert set(prediction) == {"image_id", "file_name", "category_id", "bbox", "score"}
+        assert 1 <= prediction["image_id"] <= 8 and prediction["file_name"] == str(sources[prediction["image_id"] - 1])
+        assert prediction["category_id"] in range(1, 7)
+        assert len(prediction["bbox"]) == 4 and prediction["bbox"][2] >= 0 and prediction["bbox"][3] >= 0
+        assert 0 <= prediction["score"] <= 1
+
+
+def test_predict_without_images_writes_only_json(cli_run, tiny_dataset: Path, tmp_path: Path) -> None:
+    _, _, run = cli_run
+    image = tiny_dataset / "images" / "val" / "000000.jpg"
+    assert main(["predict", str(run / "weights" / "last.safetensors"), str(image), "--out", str(tmp_path), "--no-images"]) == 0
+    assert [path.name for path in tmp_path.iterdir()] == ["predictions.json"]
+    assert isinstance(json.loads((tmp_path / "predictions.json").read_text()), list)
+
+
+def test_train_with_an_unknown_key_exits_2_with_a_suggestion(tmp_path: Path, capsys) -> None:
+    assert main(["train", "train.epoch=3", f"train.project={tmp_path}"]) == 2
+    captured = capsys.readouterr()
+    assert "error: unknown key 'train.epoch'; did you mean 'train.epochs'?" in captured.err
+    assert list(tmp_path.iterdir()) == []  # nothing was started
+
+
+def test_presets_lists_every_preset(capsys) -> None:
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(PRESETS)
+    assert "fcos_cpu" in lines[0] and "ResNet-18" in lines[0]
+
+
+def test_presets_name_prints_the_resolved_yaml_and_keys(capsys) -> None:
+    assert main(["presets", "fcos_cpu"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == get_preset("fcos_cpu").to_dict()
+    assert main(["presets", "fcos_cpu", "--keys"]) == 0
+    keys = capsys.readouterr().out.splitlines()
+    assert "train.epochs" in keys and "model.fcos.head_convs" in keys
+    assert main(["presets", "fcos_cpuu"]) == 2
+    assert "did you mean 'fcos_cpu'" in capsys.readouterr().err
+
+
+def test_data_synth_writes_the_coco_files(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "shapes"
+    assert main(["data", "synth", "--out", str(out), "--train", "2", "--val", "1", "--seed", "4"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out} ")
+    train = json.loads((out / "instances_train.json").read_text())
+    val = json.loads((out / "instances_val.json").read_text())
+    assert [image["file_name"] for image in train["images"]] == ["train/000000.jpg", "train/000001.jpg"]
+    assert [image["file_name"] for image in val["images"]] == ["val/000000.jpg"]
+    assert len(train["categories"]) == 6
+    assert (out / "images" / "train" / "000001.jpg").is_file()
+    # A non-empty folder is refused with exit code 2.
+    assert main(["data", "synth", "--out", str(out), "--train", "1", "--val", "1"]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["demo"], ["train"], ["val"], ["predict"], ["data"], ["data", "synth"], ["presets"]],
+    ids=lambda command: " ".join(command) or "anchorfree",
+)
+def test_help_of_each_command_exits_0(command: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: {' '.join(['anchorfree', *command])}")
+
+
+def test_missing_subcommand_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    assert "usage: anchorfree" in capsys.readouterr().err

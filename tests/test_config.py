@@ -1,0 +1,151 @@
+"""Typed config: presets, dotted overrides, error messages and dict round trips."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from anchorfree.config import PRESETS, Config, ConfigError, all_keys, apply_overrides, config_from_dict, dump_yaml, get_preset
+from anchorfree.models import build_model
+from anchorfree.models.fcos import FCOS
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_builds_its_model(name: str) -> None:
+    config = get_preset(name)
+    assert isinstance(config, Config) and config.preset == name
+    config.model.pretrained_backbone = False  # no network in tests
+    model = build_model(config.model, num_classes=3)
+    assert isinstance(model, FCOS)
+    assert model.head.class_logits.out_channels == 3
+    assert model.config.fpn_channels == config.model.fcos.fpn_channels
+    assert len(model.head.classification_tower) == 3 * config.model.fcos.head_convs  # conv, GroupNorm, ReLU each
+
+
+def test_presets_are_fresh_objects() -> None:
+    first = get_preset("fcos_cpu")
+    first.train.epochs = 999
+    first.model.fcos.size_boundaries.append(1024.0)
+    second = get_preset("fcos_cpu")
+    assert second.train.epochs == 14
+    assert second.model.fcos.size_boundaries == [32.0, 64.0, 128.0, 256.0]
+
+
+def test_unknown_preset_suggests_the_closest_name() -> None:
+    with pytest.raises(ConfigError, match="unknown preset 'fcos_cpuu'; did you mean 'fcos_cpu'"):
+        get_preset("fcos_cpuu")
+
+
+def _get(config: Config, key: str):
+    node = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+@pytest.mark.parametrize(
+    "override, key, expected",
+    [
+        ("train.epochs=24", "train.epochs", 24),
+        ("train.epochs=3.0", "train.epochs", 3),  # an integral float is an int
+        ("train.lr=0.02", "train.lr", 0.02),
+        ("train.lr=1", "train.lr", 1.0),  # an int is a float
+        ("train.amp=true", "train.amp", True),
+        ("train.channels_last=false", "train.channels_last", False),
+        ("data.train_sizes=[256, 320]", "data.train_sizes", [256, 320]),
+        ("data.train_sizes=288", "data.train_sizes", [288]),  # a scalar becomes a one-item list
+        ("model.fcos.head_convs=2", "model.fcos.head_convs", 2),
+        ("model.fcos.size_boundaries=[32, 64, 128, 256]", "model.fcos.size_boundaries", [32.0, 64.0, 128.0, 256.0]),
+        ("model.fcos.nms_threshold=0.5", "model.fcos.nms_threshold", 0.5),
+        ("data.train=a/b c.json", "data.train", "a/b c.json"),
+        ("train.name=2024", "train.name", "2024"),  # a number is a valid string
+        ("train.name=", "train.name", ""),
+    ],
+)
+def test_string_overrides_are_parsed_to_the_field_type(override: str, key: str, expected) -> None:
+    config = apply_overrides(get_preset("fcos_cpu"), [override])
+    value = _get(config, key)
+    assert value == expected and type(value) is type(expected)
+    if isinstance(value, list):
+        assert [type(item) for item in value] == [type(item) for item in expected]
+
+
+def test_dict_overrides_and_the_original_is_not_modified() -> None:
+    base = get_preset("fcos_cpu")
+    config = apply_overrides(base, {"train.epochs": 2, "model.fcos.fpn_channels": 32, "data.train_sizes": (128, 160)})
+    assert (config.train.epochs, config.model.fcos.fpn_channels, config.data.train_sizes) == (2, 32, [128, 160])
+    assert (base.train.epochs, base.model.fcos.fpn_channels, base.data.train_sizes) == (14, 64, [256, 288, 320])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=3", "unknown key 'train.epoch'; did you mean 'train.epochs'?"),
+        ("model.fcos.head_conv=3", "did you mean 'model.fcos.head_convs'?"),
+        ("trian.epochs=3", "did you mean 'train.epochs'?"),
+    ],
+)
+def test_unknown_key_suggests_the_closest_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        apply_overrides(get_preset("fcos_cpu"), [override])
+    assert message in str(error.value)
+
+
+def test_unknown_key_without_a_close_match_has_no_suggestion() -> None:
+    with pytest.raises(ConfigError) as error:
+        apply_overrides(get_preset("fcos_cpu"), ["zzz=1"])
+    assert str(error.value) == "unknown key 'zzz'"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=abc", "train.epochs expects an integer, got 'abc'"),
+        ("train.epochs=1.5", "train.epochs expects an integer, got 1.5"),
+        ("train.epochs=true", "train.epochs expects an integer, got True"),
+        ("train.amp=1", "train.amp expects true or false, got 1"),
+        ("train.lr=fast", "train.lr expects a number, got 'fast'"),
+        ("train.lr=[0.1]", "train.lr expects a number, got [0.1]"),
+        ("data.train_sizes=[256, big]", "data.train_sizes expects an integer, got 'big'"),
+        ("data.train=[a, b]", "data.train expects a string"),
+        ("train.epochs", "must be key=value"),
+        ("train.epochs.x=1", "'train.epochs' is a value, not a section"),
+        ("train.lr=[1, 2", "cannot parse the value of 'train.lr'"),
+    ],
+)
+def test_wrong_values_raise_config_error(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        apply_overrides(get_preset("fcos_cpu"), [override])
+    assert message in str(error.value)
+
+
+def test_scientific_notation_learning_rate_is_a_number() -> None:
+    # PyYAML (YAML 1.1) reads "1e-3" as the *string* '1e-3' (its float pattern needs a '.'), so the most common way
+    # to write a learning rate on the command line is rejected as "train.lr expects a number, got '1e-3'".
+    try:
+        config = apply_overrides(get_preset("fcos_cpu"), ["train.lr=1e-3", "train.weight_decay=5e-2"])
+    except ConfigError as error:
+        pytest.fail(f"BUG (anchorfree/config.py _coerce/_split): 'train.lr=1e-3' must parse as 0.001, got ConfigError: {error}")
+    assert config.train.lr == 0.001 and config.train.weight_decay == 0.05
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_config_from_dict_round_trips(name: str) -> None:
+    config = apply_overrides(get_preset(name), ["train.epochs=5", "model.fcos.size_boundaries=[10, 20, 30, 40]", "train.amp=true"])
+    assert config_from_dict(config.to_dict()) == config
+    assert config_from_dict(yaml.safe_load(dump_yaml(config))) == config  # the run folder's config.yaml
+
+
+def test_config_from_dict_rejects_unknown_keys() -> None:
+    values = get_preset("fcos_cpu").to_dict()
+    values["train"]["epoch"] = 3
+    with pytest.raises(ConfigError, match="did you mean 'train.epochs'"):
+        config_from_dict(values)
+
+
+def test_all_keys_lists_every_dotted_leaf() -> None:
+    keys = all_keys(get_preset("fcos_cpu"))
+    assert len(keys) == len(set(keys))
+    for key in ("preset", "model.backbone", "model.fcos.size_boundaries", "data.train_sizes", "train.epochs", "train.lr"):
+        assert key in keys
+    assert "model.fcos" not in keys and "train" not in keys
