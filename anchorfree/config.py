@@ -97,7 +97,7 @@ def fcos_cpu() -> Config:
             backbone="resnet18",
             fcos=FCOSConfig(fpn_channels=64, head_convs=2, norm_groups=16, size_boundaries=[32.0, 64.0, 128.0, 256.0]),
         ),
-        data=DataConfig(train_sizes=[256, 288, 320], val_size=288, max_size=416, workers=1),
+        data=DataConfig(train_sizes=[256, 288, 320], val_size=288, max_size=416, workers=0),
         train=TrainConfig(
             epochs=14, batch_size=8, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_iters=100, warmup_factor=0.01, final_lr_ratio=0.02
         ),
@@ -114,7 +114,7 @@ def fcos_mobilenet_v2_cpu() -> Config:
             pretrained_backbone=True,
             fcos=FCOSConfig(fpn_channels=128, head_convs=2, size_boundaries=[64.0, 128.0, 256.0, 512.0]),
         ),
-        data=DataConfig(train_sizes=[320, 352, 384, 416], val_size=384, max_size=640, workers=1),
+        data=DataConfig(train_sizes=[288, 320, 352, 384], val_size=384, max_size=640, workers=0),
         train=TrainConfig(epochs=30, batch_size=4, optimizer="sgd", lr=0.01, warmup_iters=100, warmup_factor=0.001),
     )
 
