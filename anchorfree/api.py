@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from anchorfree.engine import autocast, evaluate, resolve_device
 from anchorfree.engine import train as train_loop
 from anchorfree.evaluation import EvaluationResult
 from anchorfree.models import build_model
+from anchorfree.models.backbones import PretrainedWeightsUnavailable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -165,7 +167,12 @@ def demo(model: str = "fcos", overrides: dict[str, Any] | list[str] | None = Non
         {"data.train": str(dataset / "instances_train.json"), "data.val": str(dataset / "instances_val.json"), "train.name": f"demo_{model}"},
     )
     config = apply_overrides(config, overrides or {})
-    run_folder = train_loop(config, progress=progress)
+    try:
+        run_folder = train_loop(config, progress=progress)
+    except PretrainedWeightsUnavailable as error:
+        # Offline with an empty torchvision cache: still run, from scratch, and say what that costs.
+        warnings.warn(f"{error}\nThe demo continues from scratch (model.pretrained_backbone=false): expect a much lower mAP.", stacklevel=2)
+        run_folder = train_loop(apply_overrides(config, {"model.pretrained_backbone": False}), progress=progress)
     result = val(run_folder / "weights" / "best.safetensors", progress=progress)
     val_images = sorted((dataset / "images" / "val").glob("*.jpg"))[:8]
     predict(run_folder / "weights" / "best.safetensors", val_images, run_folder / "predictions", score_threshold=0.3)

@@ -198,7 +198,7 @@ def all_keys(config: Any, prefix: str = "") -> list[str]:
 def config_from_dict(values: dict) -> Config:
     """Rebuild a Config from `Config.to_dict()` output (a saved run or checkpoint), checking every key."""
     config = Config()
-    for key, value in _flatten(values).items():
+    for key, value in flatten(values).items():
         set_value(config, key, value)
     return config
 
@@ -207,11 +207,12 @@ def dump_yaml(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
-def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

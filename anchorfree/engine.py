@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import anchorfree
 from anchorfree.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from anchorfree.config import Config, config_from_dict, dump_yaml
+from anchorfree.config import Config, config_from_dict, dump_yaml, flatten
 from anchorfree.data.coco import read_coco
 from anchorfree.data.dataset import DetectionDataset, collate, scale_to_original
 from anchorfree.data.records import DetectionData, InvalidAnnotation
@@ -363,21 +363,11 @@ def _check_resume_config(saved: dict, requested: Config) -> None:
     """Refuse to resume under a different config, except for keys that do not change the run's meaning."""
     allowed = {"train.epochs", "train.time_limit", "train.device", "train.threads", "data.workers", "train.eval_every", "train.log_every"}
     saved_config = config_from_dict(saved)
-    saved_flat, requested_flat = _flat(saved_config.to_dict()), _flat(requested.to_dict())
+    saved_flat, requested_flat = flatten(saved_config.to_dict()), flatten(requested.to_dict())
     different = sorted(key for key in saved_flat if saved_flat[key] != requested_flat.get(key) and key not in allowed)
     if different:
         details = "; ".join(f"{key}: saved {saved_flat[key]!r}, now {requested_flat.get(key)!r}" for key in different)
         raise CheckpointError(f"cannot resume: the config differs from the checkpoint's ({details})")
-
-
-def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:

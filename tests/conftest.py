@@ -36,6 +36,7 @@ def tiny_overrides(tiny_dataset: Path) -> Callable[..., dict[str, Any]]:
             "data.val": str(tiny_dataset / "instances_val.json"),
             "model.backbone": "mobilenet_v2",
             "model.backbone_width": 0.25,
+            "model.pretrained_backbone": False,
             "model.fcos.fpn_channels": 32,
             "model.fcos.head_convs": 1,
             "model.fcos.norm_groups": 8,

@@ -8,6 +8,7 @@ through torchvision's own weights API, so they load from its cache exactly as to
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,6 +17,10 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
+
+
+class PretrainedWeightsUnavailable(OSError):
+    """ImageNet weights were asked for but could not be downloaded or found in torchvision's cache."""
 
 
 class ResNetBackbone(nn.Module):
@@ -105,7 +110,14 @@ def build_backbone(name: str, pretrained: bool = False, width_multiplier: float 
             batches are too small to re-estimate ImageNet statistics. From scratch, batch norm trains.
         width_multiplier: channel multiplier for mobilenet_v2 (1.0 only when pretrained).
     """
-    backbone = _build_classifier_backbone(name, pretrained, width_multiplier)
+    try:
+        backbone = _build_classifier_backbone(name, pretrained, width_multiplier)
+    except OSError as error:  # torch.hub's download failed (no network, proxy, disk)
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise PretrainedWeightsUnavailable(
+            f"cannot load ImageNet weights for {name}: {error}. Without network access, put torchvision's weights "
+            f"file (e.g. mobilenet_v2-b0353104.pth) in {cache}, or train from scratch with model.pretrained_backbone=false"
+        ) from error
     return FrozenNorm(backbone) if pretrained else backbone
 
 

@@ -1,0 +1,68 @@
+"""The Python API: demo end to end (with the offline fallback), load + predict in original pixels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+import anchorfree
+from anchorfree import api
+from anchorfree.models import backbones
+
+
+def test_demo_trains_evaluates_and_draws_and_falls_back_to_scratch_when_offline(
+    tiny_dataset: Path, tiny_overrides: Callable[..., dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api, "synthetic_dataset_path", lambda: tiny_dataset)
+    original = backbones._build_classifier_backbone
+
+    def offline(name: str, pretrained: bool, width: float) -> torch.nn.Module:
+        if pretrained:
+            raise OSError("<urlopen error no network>")
+        return original(name, pretrained, width)
+
+    monkeypatch.setattr(backbones, "_build_classifier_backbone", offline)
+    overrides = tiny_overrides(tmp_path)
+    overrides["model.pretrained_backbone"] = True
+    with pytest.warns(UserWarning, match="from scratch"):
+        run_folder, result = api.demo("fcos", overrides, progress=False)
+    assert (run_folder / "weights" / "best.safetensors").is_file()
+    assert json.loads((run_folder / "weights" / "best.json").read_text())["config"]["model"]["pretrained_backbone"] is False
+    assert 0.0 <= result.stats["AP50"] <= 1.0
+    drawn = sorted((run_folder / "predictions").glob("*.jpg"))
+    assert len(drawn) == 8
+    assert isinstance(json.loads((run_folder / "predictions" / "predictions.json").read_text()), list)
+
+
+def test_demo_rejects_an_unknown_family() -> None:
+    with pytest.raises(ValueError, match="unknown model 'yolo'"):
+        api.demo("yolo")
+
+
+def test_loaded_detector_predicts_in_original_image_pixels(tiny_dataset: Path, tiny_overrides: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+    run = anchorfree.train("fcos_cpu", tiny_overrides(tmp_path), progress=False)
+    detector = anchorfree.load(run / "weights" / "best.safetensors", device="cpu")
+    # Make the detector report everything so that boxes exist to check.
+    detector.model.config.score_threshold = 0.0
+    image_path = sorted((tiny_dataset / "images" / "val").glob("*.jpg"))[0]
+    image = anchorfree.data.images.load_image(image_path)
+    detections = detector.predict(image_path, score_threshold=0.0)
+    height, width = image.shape[-2:]
+    assert len(detections["boxes"]) > 0
+    assert detections["boxes"][:, 0::2].max() <= width + 1e-3 and detections["boxes"][:, 1::2].max() <= height + 1e-3
+    assert detections["boxes"][:, 0::2].min() >= 0 and detections["boxes"][:, 1::2].min() >= 0
+    assert detections["names"] == [detector.class_names[label] for label in detections["labels"].tolist()]
+    # The same image as a tensor gives the same detections as the path.
+    from_tensor = detector.predict(image, score_threshold=0.0)
+    assert torch.allclose(from_tensor["boxes"], detections["boxes"])
+
+
+def test_predict_refuses_a_float_tensor(tiny_overrides: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+    run = anchorfree.train("fcos_cpu", tiny_overrides(tmp_path), progress=False)
+    detector = anchorfree.load(run)
+    with pytest.raises(TypeError, match="uint8"):
+        detector.predict(torch.rand(3, 32, 32))
