@@ -164,7 +164,12 @@ def demo(model: str = "fcos", overrides: dict[str, Any] | list[str] | None = Non
     dataset = synthetic_dataset_path()
     config = make_config(
         presets[model],
-        {"data.train": str(dataset / "instances_train.json"), "data.val": str(dataset / "instances_val.json"), "train.name": f"demo_{model}"},
+        {
+            "data.train": str(dataset / "instances_train.json"),
+            "data.val": str(dataset / "instances_val.json"),
+            "train.name": f"demo_{model}",
+            "train.time_limit": 4.0,  # the demo's promise: about five minutes on 2 CPU cores, evaluation included
+        },
     )
     config = apply_overrides(config, overrides or {})
     try:

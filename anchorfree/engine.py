@@ -287,7 +287,10 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             )
             step_start = time.perf_counter()
             for images, targets in bar:
-                progress_fraction = state.elapsed / time_limit if time_limit > 0 else state.step / max(total_steps, 1)
+                # Under a time limit the schedule follows whichever runs out first: time or epochs.
+                progress_fraction = state.step / max(total_steps, 1)
+                if time_limit > 0:
+                    progress_fraction = max(progress_fraction, state.elapsed / time_limit)
                 factor = learning_rate_factor(state.step, progress_fraction, config.train.warmup_iters, config.train.warmup_factor, config.train.final_lr_ratio)
                 for group in optimizer.param_groups:
                     group["lr"] = config.train.lr * factor
