@@ -46,6 +46,7 @@ def tiny_overrides(tiny_dataset: Path) -> Callable[..., dict[str, Any]]:
             "data.workers": 0,
             "train.batch_size": 4,
             "train.epochs": 1,
+            "train.eval_every": 1,
             "train.project": str(project),
         }
         overrides.update({key.replace("__", "."): value for key, value in extra.items()})

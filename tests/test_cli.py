@@ -89,7 +89,7 @@ def test_presets_lists_every_preset(capsys) -> None:
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == list(PRESETS)
-    assert "fcos_cpu" in lines[0] and "ResNet-18" in lines[0]
+    assert "fcos_cpu" in lines[0] and "MobileNetV2" in lines[0]
 
 
 def test_presets_name_prints_the_resolved_yaml_and_keys(capsys) -> None:

@@ -27,7 +27,7 @@ def test_presets_are_fresh_objects() -> None:
     first.train.epochs = 999
     first.model.fcos.size_boundaries.append(1024.0)
     second = get_preset("fcos_cpu")
-    assert second.train.epochs == 14
+    assert second.train.epochs == 6
     assert second.model.fcos.size_boundaries == [32.0, 64.0, 128.0, 256.0]
 
 
@@ -74,7 +74,7 @@ def test_dict_overrides_and_the_original_is_not_modified() -> None:
     base = get_preset("fcos_cpu")
     config = apply_overrides(base, {"train.epochs": 2, "model.fcos.fpn_channels": 32, "data.train_sizes": (128, 160)})
     assert (config.train.epochs, config.model.fcos.fpn_channels, config.data.train_sizes) == (2, 32, [128, 160])
-    assert (base.train.epochs, base.model.fcos.fpn_channels, base.data.train_sizes) == (14, 64, [256, 288, 320])
+    assert (base.train.epochs, base.model.fcos.fpn_channels, base.data.train_sizes) == (6, 64, [288, 320, 352])
 
 
 @pytest.mark.parametrize(
