@@ -94,6 +94,8 @@ class Detector:
 
     def draw(self, image: torch.Tensor, detections: dict[str, Any]) -> torch.Tensor:
         """(3, H, W) uint8 image with the detections drawn as labelled boxes."""
+        if len(detections["boxes"]) == 0:
+            return image
         captions = [f"{name} {score:.2f}" for name, score in zip(detections["names"], detections["scores"].tolist())]
         return draw_bounding_boxes(image, detections["boxes"], labels=captions, colors="red", width=2)
 
