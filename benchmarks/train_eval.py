@@ -26,6 +26,7 @@ import torch
 
 import anchorfree
 from anchorfree.api import synthetic_dataset_path
+from anchorfree.data.coco import read_coco
 from anchorfree.data.images import load_image
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -95,8 +96,7 @@ def main() -> None:
     metrics_rows = (run / "metrics.csv").read_text().splitlines()
     header = metrics_rows[0].split(",")
     speeds = [float(row.split(",")[header.index("images_per_second")]) for row in metrics_rows[1:]]
-    val_data = anchorfree.make_config(args.preset, overrides)
-    val_images = [Path(p) for p in sorted(_val_image_paths(val_json))][:30]
+    val_images = sorted(record.path for record in read_coco(val_json).records)[:30]
     report = {
         "dataset": args.dataset,
         "preset": args.preset,
@@ -109,16 +109,10 @@ def main() -> None:
         "metrics": result.to_dict(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}",
         "run": str(run),
-        "config_preset": val_data.preset,
     }
     print(result.table())
     print(json.dumps({key: value for key, value in report.items() if key != "metrics"}, indent=2))
     (run / "benchmark.json").write_text(json.dumps(report, indent=2))
-
-
-def _val_image_paths(val_json: Path) -> list[str]:
-    data = anchorfree.data.coco.read_coco(val_json)
-    return [str(record.path) for record in data.records]
 
 
 if __name__ == "__main__":
