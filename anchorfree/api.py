@@ -66,6 +66,10 @@ class Detector:
     category_ids: list[int]
     device: torch.device
 
+    def __post_init__(self) -> None:
+        # The evaluation preprocessing the model was trained with; built once, used for every image.
+        self.transform = eval_transforms(self.config.data.val_size, self.config.data.max_size)
+
     @torch.no_grad()
     def predict(self, source: str | Path | Image.Image | torch.Tensor, score_threshold: float = 0.3) -> dict[str, Any]:
         """Detect objects in one image (a path, a PIL image or a (3, H, W) uint8 tensor).
@@ -75,8 +79,7 @@ class Detector:
         """
         image = _as_uint8_tensor(source)
         height, width = image.shape[-2:]
-        transform = eval_transforms(self.config.data.val_size, self.config.data.max_size)
-        sample = transform(make_sample(image, torch.zeros((0, 4)), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.bool)))
+        sample = self.transform(make_sample(image, torch.zeros((0, 4)), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.bool)))
         network_input = sample["image"].as_subclass(torch.Tensor).to(self.device)
         self.model.eval()
         with autocast(self.device, self.config.train.amp):

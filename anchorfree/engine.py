@@ -167,7 +167,7 @@ def evaluate(model: nn.Module, data: DetectionData, config: Config, device: torc
     dataset = DetectionDataset(data, eval_transforms(config.data.val_size, config.data.max_size), (config.data.val_size, config.data.max_size))
     detections = predict_dataset(model, dataset, device, config.train.batch_size, config.data.workers, config.train.amp, progress)
     max_detections = getattr(config.model, config.model.name).max_detections
-    return evaluate_coco(data.coco_ground_truth(), detections, max_detections=max(max_detections, 10)), detections
+    return evaluate_coco(data.coco_ground_truth(), detections, max_detections=max_detections), detections
 
 
 # ------------------------------------------------------------------------------------------------- training

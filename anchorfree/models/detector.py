@@ -91,8 +91,9 @@ def check_targets(targets: list[dict[str, torch.Tensor]] | None, num_images: int
 
 def check_num_classes(labels: torch.Tensor, num_classes: int, image_index: int) -> None:
     """Raise when a target label is outside [0, num_classes): the model's head and the data disagree."""
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if outside.numel():
         raise ValueError(
-            f"targets[{image_index}]['labels'] has label {int(labels.max() if labels.max() >= num_classes else labels.min())} "
-            f"outside [0, {num_classes}): the model was built for {num_classes} classes"
+            f"targets[{image_index}]['labels'] has label {int(outside[0])} outside [0, {num_classes}): "
+            f"the model was built for {num_classes} classes"
         )

@@ -179,7 +179,7 @@ def assign_targets(
     regular_boxes, regular_labels = boxes[~iscrowd].float(), labels[~iscrowd]
 
     if len(regular_boxes):
-        distances = boxes_to_distances(locations.points, regular_boxes)  # (P, M, 4)
+        distances = boxes_to_distances(locations.points[:, None], regular_boxes[None])  # (P, M, 4)
         inside_box = distances.min(dim=2).values > 0  # (P, M)
         if center_sampling_radius > 0:
             centers = (regular_boxes[:, :2] + regular_boxes[:, 2:]) / 2  # (M, 2)
@@ -208,7 +208,7 @@ def assign_targets(
 
     crowd_boxes = boxes[iscrowd].float()
     if len(crowd_boxes):
-        inside_crowd = (boxes_to_distances(locations.points, crowd_boxes).min(dim=2).values > 0).any(dim=1)  # (P,)
+        inside_crowd = (boxes_to_distances(locations.points[:, None], crowd_boxes[None]).min(dim=2).values > 0).any(dim=1)  # (P,)
         point_labels[inside_crowd & (point_labels == BACKGROUND)] = IGNORE
     return point_labels, point_boxes
 
@@ -264,7 +264,7 @@ def fcos_loss(
     positive_points = points[positive]  # (K, 2)
     predicted_boxes = distances_to_boxes(positive_points, box_distances[positive].float() * strides[positive][:, None])
     target_boxes = point_boxes[positive]
-    target_centerness = centerness_targets(boxes_to_distances_paired(positive_points, target_boxes))
+    target_centerness = centerness_targets(boxes_to_distances(positive_points, target_boxes))
     centerness_weight = _mean_over_processes(target_centerness.sum()).clamp(min=1e-6)
     box = (giou_loss(predicted_boxes, target_boxes) * target_centerness).sum() / centerness_weight
     centerness = binary_cross_entropy_sum(centerness_logits[positive], target_centerness) / normaliser
@@ -273,13 +273,6 @@ def fcos_loss(
         box = box + 0.0 * box_distances.sum()
         centerness = centerness + 0.0 * centerness_logits.sum()
     return {"classification": classification, "box": box, "centerness": centerness}
-
-
-def boxes_to_distances_paired(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """(K, 2) points and their (K, 4) boxes -> (K, 4) distances l, t, r, b."""
-    return torch.stack(
-        [points[:, 0] - boxes[:, 0], points[:, 1] - boxes[:, 1], boxes[:, 2] - points[:, 0], boxes[:, 3] - points[:, 1]], dim=1
-    )
 
 
 def _mean_over_processes(value: torch.Tensor) -> torch.Tensor:

@@ -23,18 +23,19 @@ def distances_to_boxes(points: torch.Tensor, distances: torch.Tensor) -> torch.T
 def boxes_to_distances(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Distances (left, top, right, bottom) from points to the sides of boxes; negative when outside.
 
+    The inverse of `distances_to_boxes`, with the same broadcasting: (K, 2) points and their (K, 4) boxes give
+    (K, 4); `points[:, None]` and `boxes[None]` give every point against every box, (P, M, 4).
+
     Args:
-        points: (P, 2) point (x, y) in pixels.
-        boxes: (M, 4) boxes (x1, y1, x2, y2).
+        points: (..., 2) point (x, y) in pixels.
+        boxes: (..., 4) boxes (x1, y1, x2, y2).
 
     Returns:
-        (P, M, 4) distances in pixels.
+        (..., 4) distances in pixels.
     """
-    x = points[:, None, 0]  # (P, 1)
-    y = points[:, None, 1]
-    return torch.stack(
-        [x - boxes[None, :, 0], y - boxes[None, :, 1], boxes[None, :, 2] - x, boxes[None, :, 3] - y], dim=-1
-    )
+    x, y = points.unbind(-1)
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack([x - x1, y - y1, x2 - x, y2 - y], dim=-1)
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
