@@ -163,7 +163,7 @@ def predict(weights: str | Path, sources: list[str | Path], out: str | Path = "r
 
 def demo(model: str = "fcos", overrides: dict[str, Any] | list[str] | None = None, progress: bool = True) -> tuple[Path, EvaluationResult]:
     """The built-in job: make the synthetic dataset (cached), train the family's CPU preset, evaluate, and draw."""
-    presets = {"fcos": "fcos_cpu"}
+    presets = {"fcos": "fcos_cpu", "centernet": "centernet_cpu"}
     if model not in presets:
         raise ValueError(f"unknown model {model!r} for the demo; available: {', '.join(presets)}")
     dataset = synthetic_dataset_path()

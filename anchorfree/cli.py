@@ -28,11 +28,11 @@ OVERRIDES_HELP = "dotted key=value settings, e.g. train.epochs=20 model.fcos.hea
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anchorfree", description="Anchor-free object detection (FCOS) on PyTorch.")
+    parser = argparse.ArgumentParser(prog="anchorfree", description="Anchor-free object detection (FCOS, CenterNet) on PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="train and evaluate on the built-in synthetic dataset (~5 min on 2 CPU cores)")
-    demo.add_argument("--model", default="fcos", help="detector family (default: fcos)")
+    demo.add_argument("--model", default="fcos", choices=["fcos", "centernet"], help="detector family (default: fcos)")
     demo.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
     train = commands.add_parser("train", help="train a detector on a COCO dataset")

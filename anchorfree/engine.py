@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import anchorfree
 from anchorfree.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from anchorfree.config import Config, config_from_dict, dump_yaml, flatten
+from anchorfree.config import Config, ConfigError, config_from_dict, dump_yaml, flatten
 from anchorfree.data.coco import read_coco
 from anchorfree.data.dataset import DetectionDataset, collate, scale_to_original
 from anchorfree.data.records import DetectionData, InvalidAnnotation
@@ -57,18 +57,34 @@ def autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def learning_rate_factor(step: int, progress: float, warmup_iters: int, warmup_factor: float, final_lr_ratio: float) -> float:
-    """Multiplier on the base learning rate: linear warmup over `warmup_iters` steps, then cosine to the end.
+def learning_rate_factor(
+    step: int,
+    progress: float,
+    warmup_iters: int,
+    warmup_factor: float,
+    final_lr_ratio: float,
+    schedule: str = "cosine",
+    step_points: list[float] | None = None,
+) -> float:
+    """Multiplier on the base learning rate: linear warmup over `warmup_iters` steps, then the schedule.
 
     Args:
         step: optimizer steps done.
         progress: fraction of training done in [0, 1] (by steps, or by time under a time limit).
+        schedule: "cosine" decays to `final_lr_ratio` at the end; "step" multiplies by 0.1 at each of
+            `step_points` (fractions of training) that `progress` has passed, as the CenterNet paper does.
     """
-    cosine = final_lr_ratio + (1 - final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "cosine":
+        factor = final_lr_ratio + (1 - final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    elif schedule == "step":
+        factor = 0.1 ** sum(progress >= point for point in step_points or [])
+    else:
+        raise ValueError(f"train.lr_schedule must be 'cosine' or 'step', got {schedule!r}")
     if step < warmup_iters:
         alpha = step / warmup_iters
-        return cosine * (warmup_factor * (1 - alpha) + alpha)
-    return cosine
+        return factor * (warmup_factor * (1 - alpha) + alpha)
+    return factor
 
 
 def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
@@ -219,6 +235,8 @@ class _StopSignal:
 
 def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> Path:
     """Train a detector as `config` says; return the run folder (config.yaml, metrics.csv, weights/)."""
+    if config.train.lr_schedule not in ("cosine", "step"):
+        raise ConfigError(f"train.lr_schedule must be 'cosine' or 'step', got {config.train.lr_schedule!r}")
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
@@ -286,12 +304,16 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                 disable=not progress, dynamic_ncols=True, leave=True,
             )
             step_start = time.perf_counter()
+            step_points = [epoch / config.train.epochs for epoch in config.train.lr_steps]
             for images, targets in bar:
                 # Under a time limit the schedule follows whichever runs out first: time or epochs.
                 progress_fraction = state.step / max(total_steps, 1)
                 if time_limit > 0:
                     progress_fraction = max(progress_fraction, state.elapsed / time_limit)
-                factor = learning_rate_factor(state.step, progress_fraction, config.train.warmup_iters, config.train.warmup_factor, config.train.final_lr_ratio)
+                factor = learning_rate_factor(
+                    state.step, progress_fraction, config.train.warmup_iters, config.train.warmup_factor, config.train.final_lr_ratio,
+                    config.train.lr_schedule, step_points,
+                )
                 for group in optimizer.param_groups:
                     group["lr"] = config.train.lr * factor
                 images = [image.to(device, non_blocking=True) for image in images]

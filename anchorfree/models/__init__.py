@@ -6,12 +6,13 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from anchorfree.models.centernet import CenterNet, CenterNetConfig, build_centernet
 from anchorfree.models.fcos import FCOS, FCOSConfig, build_fcos
 
 if TYPE_CHECKING:
     from anchorfree.config import ModelConfig
 
-MODELS = {"fcos": build_fcos}
+MODELS = {"fcos": build_fcos, "centernet": build_centernet}
 
 
 def build_model(model_config: ModelConfig, num_classes: int) -> nn.Module:
@@ -32,4 +33,4 @@ def build_model(model_config: ModelConfig, num_classes: int) -> nn.Module:
     )
 
 
-__all__ = ["FCOS", "FCOSConfig", "MODELS", "build_fcos", "build_model"]
+__all__ = ["CenterNet", "CenterNetConfig", "FCOS", "FCOSConfig", "MODELS", "build_centernet", "build_fcos", "build_model"]

@@ -1,8 +1,9 @@
 """Backbones and necks shared by the families.
 
-A backbone is a torchvision classification network cut into stages; it returns the feature maps C3, C4, C5
-(strides 8, 16, 32). A neck turns them into what a head reads: the FPN P3-P7 for FCOS. ImageNet weights come
-through torchvision's own weights API, so they load from its cache exactly as torchvision loads them.
+A backbone is a torchvision classification network cut into stages; it returns the feature maps C2, C3, C4, C5
+(strides 4, 8, 16, 32). A neck turns them into what a head reads: the FPN P3-P7 for FCOS, one stride-4 map for
+CenterNet (see `models/centernet.py`). ImageNet weights come through torchvision's own weights API, so they load
+from its cache exactly as torchvision loads them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision import models as tv_models
-from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops import DeformConv2d, FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
@@ -24,14 +25,14 @@ class PretrainedWeightsUnavailable(OSError):
 
 
 class ResNetBackbone(nn.Module):
-    """ResNet stem + layer1..layer4, returning C3, C4, C5 (outputs of layer2, layer3, layer4)."""
+    """ResNet stem + layer1..layer4, returning C2, C3, C4, C5 (outputs of layer1..layer4)."""
 
     def __init__(self, resnet: tv_models.ResNet) -> None:
         super().__init__()
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
-        self.out_channels = [self._width(layer) for layer in (self.layer2, self.layer3, self.layer4)]
-        self.strides = [8, 16, 32]
+        self.out_channels = [self._width(layer) for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
+        self.strides = [4, 8, 16, 32]
 
     @staticmethod
     def _width(layer: nn.Sequential) -> int:
@@ -44,21 +45,23 @@ class ResNetBackbone(nn.Module):
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
-        return [c3, c4, c5]
+        return [c2, c3, c4, c5]
 
 
 class MobileNetV2Backbone(nn.Module):
-    """MobileNetV2 `features` cut after the last block of strides 8, 16 and 32 (C5 is the 1x1 expansion output)."""
+    """MobileNetV2 `features` cut after the last block of strides 4, 8, 16 and 32 (C5 is the 1x1 expansion output)."""
 
     def __init__(self, mobilenet: tv_models.MobileNetV2) -> None:
         super().__init__()
         features = mobilenet.features
-        # Blocks 0-6 end at stride 8, 7-13 at stride 16, 14-18 at stride 32 (the final 1x1 conv to 1280 x width).
+        # Blocks 0-3 end at stride 4, 4-6 at stride 8, 7-13 at stride 16, 14-18 at stride 32 (the final 1x1 conv
+        # to 1280 x width). C2 is read inside stage3 so that the module names match torchvision's blocks.
         self.stage3 = features[:7]
         self.stage4 = features[7:14]
         self.stage5 = features[14:]
-        self.out_channels = [self._width(self.stage3), self._width(self.stage4), self._width(self.stage5)]
-        self.strides = [8, 16, 32]
+        self.c2_block = 3
+        self.out_channels = [self._width(self.stage3[: self.c2_block + 1]), self._width(self.stage3), self._width(self.stage4), self._width(self.stage5)]
+        self.strides = [4, 8, 16, 32]
 
     @staticmethod
     def _width(stage: nn.Sequential) -> int:
@@ -66,10 +69,15 @@ class MobileNetV2Backbone(nn.Module):
         return convs[-1].out_channels
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        c3 = self.stage3(images)
+        x = images
+        for index, block in enumerate(self.stage3):
+            x = block(x)
+            if index == self.c2_block:
+                c2 = x
+        c3 = x
         c4 = self.stage4(c3)
         c5 = self.stage5(c4)
-        return [c3, c4, c5]
+        return [c2, c3, c4, c5]
 
 
 class FrozenNorm(nn.Module):
@@ -101,7 +109,7 @@ class FrozenNorm(nn.Module):
 
 
 def build_backbone(name: str, pretrained: bool = False, width_multiplier: float = 1.0) -> nn.Module:
-    """A backbone returning [C3, C4, C5] with `.out_channels` and `.strides`.
+    """A backbone returning [C2, C3, C4, C5] with `.out_channels` and `.strides` ([4, 8, 16, 32]).
 
     Args:
         name: one of BACKBONE_NAMES.
@@ -141,7 +149,8 @@ def _build_classifier_backbone(name: str, pretrained: bool, width_multiplier: fl
 class FPN(nn.Module):
     """Feature pyramid P3-P7 on C3-C5 (Lin et al.), with P6 and P7 from stride-2 convs on P5 as FCOS does.
 
-    Returns five maps of `channels` channels at strides 8, 16, 32, 64, 128.
+    Takes the widths of C3, C4, C5 and those three maps; returns five maps of `channels` channels at strides 8,
+    16, 32, 64, 128.
     """
 
     def __init__(self, in_channels: list[int], channels: int) -> None:
@@ -154,3 +163,82 @@ class FPN(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         named = OrderedDict((str(index), feature) for index, feature in enumerate(features))
         return list(self.pyramid(named).values())
+
+
+# ----------------------------------------------------------------------------------- stride-4 necks (keypoints)
+
+
+class ModulatedDeformConv(nn.Module):
+    """A 3x3 deformable convolution v2 (Zhu et al., 2019): per-tap offsets and sigmoid modulation predicted from the input.
+
+    torchvision's `DeformConv2d` does the sampling; the offsets start at zero so the layer starts as a plain conv.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.offsets_and_mask = nn.Conv2d(in_channels, 3 * 9, 3, padding=1)  # 2 offsets + 1 mask per 3x3 tap
+        nn.init.zeros_(self.offsets_and_mask.weight)
+        nn.init.zeros_(self.offsets_and_mask.bias)
+        self.conv = DeformConv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offset_y_x, mask = self.offsets_and_mask(x).split([2 * 9, 9], dim=1)
+        # torchvision's kernel wants contiguous float inputs of one dtype (it has no channels-last or bf16 path).
+        dtype = self.conv.weight.dtype
+        return self.conv(x.contiguous().to(dtype), offset_y_x.contiguous().to(dtype), mask.sigmoid().contiguous().to(dtype))
+
+
+def bilinear_upsampling_(deconvolution: nn.ConvTranspose2d) -> None:
+    """Initialise a stride-2, 4x4 transposed convolution as per-channel bilinear 2x upsampling."""
+    kernel_size = deconvolution.kernel_size[0]
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    steps = torch.arange(kernel_size, dtype=torch.float32)
+    profile = 1 - (steps - center).abs() / factor  # (k,)
+    kernel = profile[:, None] * profile[None, :]  # (k, k)
+    with torch.no_grad():
+        deconvolution.weight.zero_()
+        channels = min(deconvolution.in_channels, deconvolution.out_channels)
+        deconvolution.weight[torch.arange(channels), torch.arange(channels)] = kernel
+
+
+class UpsamplingNeck(nn.Module):
+    """CenterNet's ResNet neck ("Simple Baselines", Xiao et al., 2018): C5 (stride 32) up to stride 4.
+
+    Three stages, each a 3x3 conv (deformable in the paper's ResNet-DCN models) + BN + ReLU, then a 4x4
+    stride-2 transposed conv initialised as bilinear upsampling + BN + ReLU. Widths (256, 128, 64) in the paper.
+    """
+
+    def __init__(self, in_channels: int, channels: list[int], deformable: bool = False) -> None:
+        super().__init__()
+        stages: list[nn.Module] = []
+        for width in channels:
+            conv = ModulatedDeformConv(in_channels, width) if deformable else nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+            deconvolution = nn.ConvTranspose2d(width, width, 4, stride=2, padding=1, bias=False)
+            bilinear_upsampling_(deconvolution)
+            stages.append(
+                nn.Sequential(conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True), deconvolution, nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+            )
+            in_channels = width
+        self.stages = nn.Sequential(*stages)
+        self.out_channels = channels[-1]
+        self.stride = 32 // 2 ** len(channels)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """features: the backbone's [C2, C3, C4, C5]; returns (N, out_channels, H/4, W/4) for three stages."""
+        return self.stages(features[-1])
+
+
+class PyramidP2Neck(nn.Module):
+    """An FPN on C2-C5 whose finest level P2 (stride 4) is the output: multi-scale features at keypoint resolution."""
+
+    def __init__(self, in_channels: list[int], channels: int) -> None:
+        super().__init__()
+        self.pyramid = FeaturePyramidNetwork(in_channels, channels)
+        self.out_channels = channels
+        self.stride = 4
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """features: the backbone's [C2, C3, C4, C5]; returns P2, (N, channels, H/4, W/4)."""
+        named = OrderedDict((str(index), feature) for index, feature in enumerate(features))
+        return self.pyramid(named)["0"]

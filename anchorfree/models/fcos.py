@@ -355,7 +355,7 @@ class FCOS(nn.Module):
         self.config = config or FCOSConfig()
         self.num_classes = num_classes
         self.backbone = backbone
-        self.neck = FPN(backbone.out_channels, self.config.fpn_channels)
+        self.neck = FPN(backbone.out_channels[-3:], self.config.fpn_channels)  # C3-C5
         self.strides = self.neck.strides
         self.size_divisor = 32
         self.head = FCOSHead(
@@ -374,7 +374,7 @@ class FCOS(nn.Module):
         batch, image_sizes = batch_images(images, self.size_divisor)
         if self.training:
             check_targets(targets, len(image_sizes))
-        features = self.neck(self.backbone(match_memory_format(batch, self.backbone)))
+        features = self.neck(self.backbone(match_memory_format(batch, self.backbone))[-3:])  # C3-C5 -> P3-P7
         class_logits, box_distances, centerness_logits = self.head(features)
         locations = make_locations(
             [tuple(feature.shape[-2:]) for feature in features], self.strides, self.config.size_boundaries, batch.device

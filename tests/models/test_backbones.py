@@ -11,17 +11,18 @@ from anchorfree.models.backbones import FPN, FrozenNorm, PretrainedWeightsUnavai
 
 
 @pytest.mark.parametrize("name, width", [("resnet18", 1.0), ("mobilenet_v2", 0.25)])
-def test_backbone_returns_c3_c4_c5_at_strides_8_16_32(name: str, width: float) -> None:
+def test_backbone_returns_c2_to_c5_at_strides_4_to_32(name: str, width: float) -> None:
     backbone = build_backbone(name, pretrained=False, width_multiplier=width).eval()
     features = backbone(torch.zeros(1, 3, 96, 128))
-    assert [tuple(feature.shape[-2:]) for feature in features] == [(12, 16), (6, 8), (3, 4)]
+    assert [tuple(feature.shape[-2:]) for feature in features] == [(24, 32), (12, 16), (6, 8), (3, 4)]
+    assert backbone.strides == [4, 8, 16, 32]
     assert [feature.shape[1] for feature in features] == backbone.out_channels
 
 
 def test_fpn_gives_five_levels_of_equal_width() -> None:
     backbone = build_backbone("resnet18").eval()
-    neck = FPN(backbone.out_channels, 32).eval()
-    levels = neck(backbone(torch.zeros(1, 3, 128, 128)))
+    neck = FPN(backbone.out_channels[-3:], 32).eval()
+    levels = neck(backbone(torch.zeros(1, 3, 128, 128))[-3:])
     assert [tuple(level.shape[1:]) for level in levels] == [(32, 16, 16), (32, 8, 8), (32, 4, 4), (32, 2, 2), (32, 1, 1)]
 
 
