@@ -14,8 +14,12 @@ from anchorfree import api
 from anchorfree.models import backbones
 
 
+TINY_CENTERNET = {"model__centernet__fpn_channels": 16, "model__centernet__head_channels": 16}
+
+
+@pytest.mark.parametrize("family, extra", [("fcos", {}), ("centernet", TINY_CENTERNET)])
 def test_demo_trains_evaluates_and_draws_and_falls_back_to_scratch_when_offline(
-    tiny_dataset: Path, tiny_overrides: Callable[..., dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    family: str, extra: dict[str, Any], tiny_dataset: Path, tiny_overrides: Callable[..., dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(api, "synthetic_dataset_path", lambda: tiny_dataset)
     original = backbones._build_classifier_backbone
@@ -26,10 +30,12 @@ def test_demo_trains_evaluates_and_draws_and_falls_back_to_scratch_when_offline(
         return original(name, pretrained, width)
 
     monkeypatch.setattr(backbones, "_build_classifier_backbone", offline)
-    overrides = tiny_overrides(tmp_path)
+    overrides = tiny_overrides(tmp_path, **extra)
     overrides["model.pretrained_backbone"] = True
     with pytest.warns(UserWarning, match="from scratch"):
-        run_folder, result = api.demo("fcos", overrides, progress=False)
+        run_folder, result = api.demo(family, overrides, progress=False)
+    assert run_folder.name == f"demo_{family}"
+    assert json.loads((run_folder / "weights" / "best.json").read_text())["config"]["model"]["name"] == family
     assert (run_folder / "weights" / "best.safetensors").is_file()
     assert json.loads((run_folder / "weights" / "best.json").read_text())["config"]["model"]["pretrained_backbone"] is False
     assert 0.0 <= result.stats["AP50"] <= 1.0

@@ -134,3 +134,49 @@ def test_missing_subcommand_is_a_usage_error(capsys) -> None:
         main([])
     assert exit_info.value.code == 2
     assert "usage: anchorfree" in capsys.readouterr().err
+
+
+def test_centernet_train_val_predict_through_the_cli(
+    tmp_path_factory: pytest.TempPathFactory, tiny_overrides, tiny_dataset: Path, capsys
+) -> None:
+    """`train --preset centernet_cpu` with a tiny CenterNet, then `val` prints the metrics table and `predict` writes JSON."""
+    overrides = tiny_overrides(
+        tmp_path_factory.mktemp("cli_centernet"),
+        train__name="centernet_cli",
+        model__name="centernet",
+        model__centernet__neck="fpn",
+        model__centernet__fpn_channels=16,
+        model__centernet__head_channels=16,
+        model__centernet__score_threshold=0.0,
+    )
+    run = Path(overrides["train.project"]) / "centernet_cli"
+    assert main(["train", "--preset", "centernet_cpu", *as_arguments(overrides)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"run folder: {run}"
+    weights = run / "weights" / "best.safetensors"
+    assert weights.is_file() and (run / "weights" / "last.safetensors").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["preset"] == "centernet_cpu" and saved["model"]["name"] == "centernet"
+    assert saved["model"]["pretrained_backbone"] is False
+    assert saved["model"]["centernet"]["fpn_channels"] == 16 and saved["model"]["centernet"]["head_channels"] == 16
+
+    metrics_file = tmp_path_factory.mktemp("cli_centernet_val") / "metrics.json"
+    assert main(["val", str(weights), "--device", "cpu", "--save-json", str(metrics_file)]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("COCO bbox: 8 images, ")
+    saved_metrics = json.loads(metrics_file.read_text())
+    for name in ("mAP", "AP50", "AP75"):  # the printed table and the saved JSON agree
+        assert f"  {name:<10} {saved_metrics['stats'][name]:6.4f}" in stdout.splitlines()
+
+    out = tmp_path_factory.mktemp("cli_centernet_predict")
+    images = tiny_dataset / "images" / "val"
+    assert main(["predict", str(weights), str(images), "--out", str(out), "--conf", "0"]) == 0
+    assert capsys.readouterr().out.strip() == f"predictions: {out / 'predictions.json'}"
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert isinstance(predictions, list) and predictions
+    sources = sorted(images.glob("*.jpg"))
+    assert sorted(path.name for path in out.glob("*.jpg")) == [path.name for path in sources]
+    for prediction in predictions:
+        assert set(prediction) == {"image_id", "file_name", "category_id", "bbox", "score"}
+        assert prediction["category_id"] in range(1, 7)
+        assert len(prediction["bbox"]) == 4 and prediction["bbox"][2] >= 0 and prediction["bbox"][3] >= 0
+        assert 0 <= prediction["score"] <= 1

@@ -7,11 +7,13 @@ import yaml
 
 from anchorfree.config import PRESETS, Config, ConfigError, all_keys, apply_overrides, config_from_dict, dump_yaml, get_preset
 from anchorfree.models import build_model
+from anchorfree.models.backbones import ModulatedDeformConv, PyramidP2Neck, UpsamplingNeck
+from anchorfree.models.centernet import CenterNet
 from anchorfree.models.fcos import FCOS
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
-def test_every_preset_builds_its_model(name: str) -> None:
+@pytest.mark.parametrize("name", [name for name in PRESETS if get_preset(name).model.name == "fcos"])
+def test_every_fcos_preset_builds_an_fcos(name: str) -> None:
     config = get_preset(name)
     assert isinstance(config, Config) and config.preset == name
     config.model.pretrained_backbone = False  # no network in tests
@@ -149,3 +151,48 @@ def test_all_keys_lists_every_dotted_leaf() -> None:
     for key in ("preset", "model.backbone", "model.fcos.size_boundaries", "data.train_sizes", "train.epochs", "train.lr"):
         assert key in keys
     assert "model.fcos" not in keys and "train" not in keys
+
+
+# ------------------------------------------------------------------------------------------------- CenterNet
+
+
+@pytest.mark.parametrize("name, neck_type, deformable_convs", [("centernet_cpu", PyramidP2Neck, 0), ("centernet_r18", UpsamplingNeck, 3)])
+def test_centernet_presets_build_a_centernet(name: str, neck_type: type, deformable_convs: int) -> None:
+    """Both CenterNet presets build a CenterNet with their neck (FPN-P2; the paper's deconv stages with DCN) and C classes."""
+    config = get_preset(name)
+    assert config.model.name == "centernet" and config.preset == name
+    config.model.pretrained_backbone = False  # no network in tests
+    model = build_model(config.model, num_classes=3)
+    assert isinstance(model, CenterNet)
+    assert model.config == config.model.centernet
+    assert isinstance(model.neck, neck_type) and model.stride == 4
+    assert sum(isinstance(module, ModulatedDeformConv) for module in model.modules()) == deformable_convs
+    assert model.head.heatmap[-1].out_channels == 3
+    assert model.head.heatmap[0].out_channels == config.model.centernet.head_channels
+
+
+def test_centernet_r18_preset_uses_the_papers_step_schedule() -> None:
+    """centernet_r18: Adam(W) 1.25e-4, 140 epochs, lr x0.1 at epochs 90 and 120."""
+    train = get_preset("centernet_r18").train
+    assert (train.lr_schedule, train.lr_steps, train.epochs, train.lr) == ("step", [90, 120], 140, 1.25e-4)
+
+
+def test_centernet_radius_formula_override_reaches_the_model() -> None:
+    """model.centernet.radius_formula / min_overlap overrides are typed and end up in the built model's config."""
+    config = apply_overrides(get_preset("centernet_cpu"), ["model.centernet.radius_formula=original", "model.centernet.min_overlap=0.7"])
+    assert config.model.centernet.radius_formula == "original" and config.model.centernet.min_overlap == 0.7
+    assert get_preset("centernet_cpu").model.centernet.radius_formula == "corrected"  # the preset itself is unchanged
+    config.model.pretrained_backbone = False
+    model = build_model(config.model, num_classes=2)
+    assert (model.config.radius_formula, model.config.min_overlap) == ("original", 0.7)
+    # An unknown formula is a string to the config, and is refused with the choices when the model is built.
+    bad = apply_overrides(config, ["model.centernet.radius_formula=exact"])
+    with pytest.raises(ValueError, match="unknown radius formula 'exact'; choose one of original, corrected"):
+        build_model(bad.model, num_classes=2)
+
+
+def test_centernet_key_typo_suggests_the_right_key() -> None:
+    """`model.centernet.radius_formul=x` names the key it did not find and the one that was meant."""
+    with pytest.raises(ConfigError) as error:
+        apply_overrides(get_preset("centernet_cpu"), ["model.centernet.radius_formul=x"])
+    assert str(error.value) == "unknown key 'model.centernet.radius_formul'; did you mean 'model.centernet.radius_formula'?"

@@ -17,7 +17,7 @@ import yaml
 import anchorfree
 from anchorfree import engine
 from anchorfree.checkpoint import CheckpointError, load_checkpoint
-from anchorfree.config import config_from_dict
+from anchorfree.config import ConfigError, config_from_dict, get_preset
 from anchorfree.data.synth import CLASS_NAMES
 
 pytestmark = pytest.mark.filterwarnings("ignore:no detections on the evaluated images")
@@ -66,6 +66,52 @@ def test_learning_rate_factor_without_warmup_is_a_pure_cosine() -> None:
     for progress in (0.0, 0.25, 0.5, 1.0):
         expected = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
         assert engine.learning_rate_factor(0, progress, 0, 0.5, 0.1) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "progress, expected",
+    [
+        (0.25, 1.0),  # before the first step point
+        (0.5, 0.1),  # a step point counts once progress reaches it
+        (0.6, 0.1),
+        (0.75, 0.01),
+        (0.9, 0.01),
+        (1.7, 0.01),  # progress is clamped
+    ],
+)
+def test_step_schedule_multiplies_by_0_1_at_each_step_point(progress: float, expected: float) -> None:
+    """schedule="step" with step points [0.5, 0.75]: 1, then 0.1, then 0.01; final_lr_ratio plays no part."""
+    factor = engine.learning_rate_factor(
+        1000, progress, warmup_iters=100, warmup_factor=0.01, final_lr_ratio=0.02, schedule="step", step_points=[0.5, 0.75]
+    )
+    assert factor == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("progress, step_factor", [(0.25, 1.0), (0.6, 0.1), (0.9, 0.01)])
+def test_step_schedule_is_multiplied_by_warmup(progress: float, step_factor: float) -> None:
+    """Half way through a 100-step warmup from 0.01 the multiplier is 0.01 * 0.5 + 0.5 = 0.505 of the step value."""
+    factor = engine.learning_rate_factor(
+        50, progress, warmup_iters=100, warmup_factor=0.01, final_lr_ratio=0.02, schedule="step", step_points=[0.5, 0.75]
+    )
+    assert factor == pytest.approx(step_factor * 0.505, rel=1e-12)
+    assert engine.learning_rate_factor(0, progress, 100, 0.01, 0.02, "step", [0.5, 0.75]) == pytest.approx(step_factor * 0.01, rel=1e-12)
+
+
+def test_step_schedule_without_step_points_is_constant() -> None:
+    """No step points: the factor stays 1 to the end."""
+    for progress in (0.0, 0.5, 1.0):
+        assert engine.learning_rate_factor(10, progress, 0, 1.0, 0.02, schedule="step", step_points=[]) == 1.0
+        assert engine.learning_rate_factor(10, progress, 0, 1.0, 0.02, schedule="step") == 1.0
+
+
+def test_unknown_schedule_raises_value_error() -> None:
+    """A schedule other than cosine or step is refused by the factor and, before anything starts, by train()."""
+    with pytest.raises(ValueError, match="train.lr_schedule must be 'cosine' or 'step', got 'linear'"):
+        engine.learning_rate_factor(10, 0.5, 0, 1.0, 0.02, schedule="linear")
+    config = get_preset("fcos_cpu")
+    config.train.lr_schedule = "linear"
+    with pytest.raises(ConfigError, match="train.lr_schedule must be 'cosine' or 'step', got 'linear'"):
+        engine.train(config, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------- run folder

@@ -171,7 +171,8 @@ class FPN(nn.Module):
 class ModulatedDeformConv(nn.Module):
     """A 3x3 deformable convolution v2 (Zhu et al., 2019): per-tap offsets and sigmoid modulation predicted from the input.
 
-    torchvision's `DeformConv2d` does the sampling; the offsets start at zero so the layer starts as a plain conv.
+    torchvision's `DeformConv2d` does the sampling. The offset/mask predictor starts at zero, as in the released
+    DCNv2 code: no offsets, and every tap modulated by sigmoid(0) = 0.5.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
