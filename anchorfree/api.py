@@ -35,6 +35,7 @@ from anchorfree.models import build_model
 from anchorfree.models.backbones import PretrainedWeightsUnavailable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+DEMO_PRESETS = {"fcos": "fcos_cpu", "centernet": "centernet_cpu"}  # the preset each family's demo trains
 
 
 def make_config(preset: str = "fcos_cpu", overrides: dict[str, Any] | list[str] | None = None) -> Config:
@@ -163,12 +164,11 @@ def predict(weights: str | Path, sources: list[str | Path], out: str | Path = "r
 
 def demo(model: str = "fcos", overrides: dict[str, Any] | list[str] | None = None, progress: bool = True) -> tuple[Path, EvaluationResult]:
     """The built-in job: make the synthetic dataset (cached), train the family's CPU preset, evaluate, and draw."""
-    presets = {"fcos": "fcos_cpu", "centernet": "centernet_cpu"}
-    if model not in presets:
-        raise ValueError(f"unknown model {model!r} for the demo; available: {', '.join(presets)}")
+    if model not in DEMO_PRESETS:
+        raise ValueError(f"unknown model {model!r} for the demo; available: {', '.join(DEMO_PRESETS)}")
     dataset = synthetic_dataset_path()
     config = make_config(
-        presets[model],
+        DEMO_PRESETS[model],
         {
             "data.train": str(dataset / "instances_train.json"),
             "data.val": str(dataset / "instances_val.json"),

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="train and evaluate on the built-in synthetic dataset (~5 min on 2 CPU cores)")
-    demo.add_argument("--model", default="fcos", choices=["fcos", "centernet"], help="detector family (default: fcos)")
+    demo.add_argument("--model", default="fcos", choices=list(api.DEMO_PRESETS), help="detector family (default: fcos)")
     demo.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
     train = commands.add_parser("train", help="train a detector on a COCO dataset")
