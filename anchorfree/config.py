@@ -150,7 +150,8 @@ def centernet_cpu() -> Config:
             name="centernet",
             backbone="mobilenet_v2",
             pretrained_backbone=True,
-            centernet=CenterNetConfig(neck="fpn", fpn_channels=64, head_channels=64),
+            # NMS at 0.6: after minutes of training, large objects still have duplicate peaks (docs/benchmarks.md).
+            centernet=CenterNetConfig(neck="fpn", fpn_channels=64, head_channels=64, nms_threshold=0.6),
         ),
         data=DataConfig(train_sizes=[288, 320, 352], val_size=320, max_size=448, workers=0),
         train=TrainConfig(

@@ -58,6 +58,11 @@ def test_predict_writes_predictions_json_and_drawn_images(cli_run, tiny_dataset:
     images = tiny_dataset / "images" / "val"
     assert main(["predict", str(run / "weights" / "best.safetensors"), str(images), "--out", str(out), "--conf", "0"]) == 0
     assert capsys.readouterr().out.strip() == f"predictions: {out / 'predictions.json'}"
+    assert_predictions_written(out, images)
+
+
+def assert_predictions_written(out: Path, images: Path) -> None:
+    """`predict` wrote COCO results for the 8 tiny val images, with file names, and one drawn image per source."""
     predictions = json.loads((out / "predictions.json").read_text())
     assert isinstance(predictions, list) and predictions
     sources = sorted(images.glob("*.jpg"))
@@ -171,12 +176,4 @@ def test_centernet_train_val_predict_through_the_cli(
     images = tiny_dataset / "images" / "val"
     assert main(["predict", str(weights), str(images), "--out", str(out), "--conf", "0"]) == 0
     assert capsys.readouterr().out.strip() == f"predictions: {out / 'predictions.json'}"
-    predictions = json.loads((out / "predictions.json").read_text())
-    assert isinstance(predictions, list) and predictions
-    sources = sorted(images.glob("*.jpg"))
-    assert sorted(path.name for path in out.glob("*.jpg")) == [path.name for path in sources]
-    for prediction in predictions:
-        assert set(prediction) == {"image_id", "file_name", "category_id", "bbox", "score"}
-        assert prediction["category_id"] in range(1, 7)
-        assert len(prediction["bbox"]) == 4 and prediction["bbox"][2] >= 0 and prediction["bbox"][3] >= 0
-        assert 0 <= prediction["score"] <= 1
+    assert_predictions_written(out, images)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torchvision.ops import clip_boxes_to_image
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from anchorfree.models.backbones import PyramidP2Neck, UpsamplingNeck, build_backbone
 from anchorfree.models.detector import batch_images, check_num_classes, check_targets, match_memory_format
@@ -55,6 +55,10 @@ class CenterNetConfig:
     peak_kernel: int = 3  # max-pool window of the peak extraction
     max_detections: int = 100  # K: the top-K peaks kept per image
     score_threshold: float = 0.01
+    # The paper decodes with no NMS (0). Early in training a large object's heatmap has several local maxima,
+    # each a duplicate box; class-aware NMS at this IoU removes them (the released code has an optional
+    # soft-NMS at test time). See docs/benchmarks.md for what it changes.
+    nms_threshold: float = 0.0
     flip_test: bool = False  # average the heatmaps and sizes of the image and its mirror at test time
 
 
@@ -307,7 +311,11 @@ class CenterNet(nn.Module):
         for image_index, (height, width) in enumerate(image_sizes):
             keep = scores[image_index] > config.score_threshold
             image_boxes = clip_boxes_to_image(boxes[image_index, keep], (height, width))
-            detections.append({"boxes": image_boxes, "scores": scores[image_index, keep], "labels": labels[image_index, keep]})
+            image_scores, image_labels = scores[image_index, keep], labels[image_index, keep]
+            if config.nms_threshold > 0:
+                kept = batched_nms(image_boxes, image_scores, image_labels, config.nms_threshold)  # still sorted by score
+                image_boxes, image_scores, image_labels = image_boxes[kept], image_scores[kept], image_labels[kept]
+            detections.append({"boxes": image_boxes, "scores": image_scores, "labels": image_labels})
         return detections
 
 

@@ -356,6 +356,32 @@ def test_flip_test_scores_are_mirror_symmetric() -> None:
     assert original["labels"].tolist() == mirrored["labels"].tolist()
 
 
+class PlantedHead(torch.nn.Module):
+    """Stands in for the head: on a 32 x 32 map, peaks at cells (10, 10) and (12, 10) of class 0 (scores 0.9 and
+    0.8) and (20, 20) of class 1 (0.7), each a 10 x 10-cell box; boxes 1 and 2 overlap at IoU 8 / 12 = 0.667."""
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = features.shape[0]
+        probabilities = torch.full((batch, 2, 32, 32), 1e-3)
+        for channel, y, x, score in [(0, 10, 10, 0.9), (0, 10, 12, 0.8), (1, 20, 20, 0.7)]:
+            probabilities[:, channel, y, x] = score
+        sizes = torch.full((batch, 2, 32, 32), 10.0)
+        return torch.logit(probabilities), torch.zeros(batch, 2, 32, 32), sizes
+
+
+@pytest.mark.parametrize("nms_threshold, expected_scores", [(0.0, [0.9, 0.8, 0.7]), (0.6, [0.9, 0.7]), (0.7, [0.9, 0.8, 0.7])])
+def test_optional_nms_removes_an_overlapping_duplicate_of_the_same_class(nms_threshold: float, expected_scores: list[float]) -> None:
+    """nms_threshold 0 is the paper's decode (every peak); above 0, a same-class box overlapping a better one by more
+    than the threshold is removed, and the order by score is kept."""
+    model = tiny_model(2, score_threshold=0.1, nms_threshold=nms_threshold).eval()
+    model.head = PlantedHead()
+    with torch.no_grad():
+        (detection,) = model(torch.zeros(1, 3, 128, 128))
+    torch.testing.assert_close(detection["scores"], torch.tensor(expected_scores), rtol=0, atol=1e-5)
+    # The first box: cell (10, 10) + offset 0, size 10 cells, stride 4 -> (20, 20, 60, 60) pixels.
+    torch.testing.assert_close(detection["boxes"][0], torch.tensor([20.0, 20.0, 60.0, 60.0]))
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

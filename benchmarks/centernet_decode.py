@@ -1,0 +1,59 @@
+"""Re-evaluate a trained CenterNet with other test-time settings: NMS after the peak decode, and flip test.
+
+Training is untouched by these settings, so one checkpoint answers for all of them. Never run by CI; results go
+to docs/benchmarks.md.
+
+    python benchmarks/centernet_decode.py runs/benchmarks/cn_raccoon_imagenet --dataset raccoon
+    python benchmarks/centernet_decode.py runs/benchmarks/cn_bccd_imagenet --dataset bccd --nms 0 0.5 0.6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import anchorfree
+from anchorfree.data.coco import read_coco
+from anchorfree.engine import evaluate
+from train_eval import dataset_paths, inference_ms_per_image
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="a CenterNet run folder (its weights/best.safetensors is evaluated)")
+    parser.add_argument("--dataset", required=True, choices=["synthetic", "raccoon", "bccd"])
+    parser.add_argument("--nms", type=float, nargs="+", default=[0.0, 0.6], help="NMS IoU thresholds to try (0 = none)")
+    parser.add_argument("--flip", choices=["off", "on", "both"], default="both")
+    args = parser.parse_args()
+
+    detector = anchorfree.load(args.run / "weights" / "best.safetensors", device="cpu")
+    if detector.config.model.name != "centernet":
+        raise SystemExit(f"{args.run} is a {detector.config.model.name} run, not a CenterNet one")
+    _, val_json = dataset_paths(args.dataset)
+    data = read_coco(val_json)
+    val_images = sorted(record.path for record in data.records)[:30]
+    flips = {"off": [False], "on": [True], "both": [False, True]}[args.flip]
+    rows = []
+    for flip_test in flips:
+        for nms_threshold in args.nms:
+            detector.model.config.flip_test = flip_test
+            detector.model.config.nms_threshold = nms_threshold
+            result, _ = evaluate(detector.model, data, detector.config, torch.device("cpu"), progress=False)
+            row = {
+                "nms_threshold": nms_threshold,
+                "flip_test": flip_test,
+                "mAP": round(result.stats["mAP"], 4),
+                "AP50": round(result.stats["AP50"], 4),
+                "AP75": round(result.stats["AP75"], 4),
+                "inference_ms_per_image": round(inference_ms_per_image(detector, val_images), 1),
+            }
+            rows.append(row)
+            print(json.dumps(row))
+    (args.run / "decode_settings.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
