@@ -53,3 +53,22 @@ def tiny_overrides(tiny_dataset: Path) -> Callable[..., dict[str, Any]]:
         return overrides
 
     return make
+
+
+def train_on_one_batch(model: torch.nn.Module, images: torch.Tensor, targets: list[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer, steps: int) -> list[float]:
+    """Optimise `model` on one batch for `steps` steps; returns the total loss before each step."""
+    model.train()
+    totals = []
+    for _ in range(steps):
+        total = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        totals.append(total.item())
+    return totals
+
+
+@pytest.fixture
+def overfit() -> Callable[..., list[float]]:
+    """`overfit(model, images, targets, optimizer, steps)`: the losses of a short training run on one batch."""
+    return train_on_one_batch

@@ -8,6 +8,7 @@ Coordinates: the output map has stride 4; a box (x1, y1, x2, y2) in input pixels
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import pytest
 import torch
@@ -420,7 +421,7 @@ def rectangles_batch() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     return images, targets
 
 
-def test_overfits_one_batch_and_detects_its_boxes() -> None:
+def test_overfits_one_batch_and_detects_its_boxes(overfit: Callable[..., list[float]]) -> None:
     """100 Adam steps on one batch: the loss falls below 30% of its start and each image's top detection is a right box.
 
     Batch norm is frozen (as for the pretrained backbones of the presets): with trainable batch norm, two
@@ -430,14 +431,7 @@ def test_overfits_one_batch_and_detects_its_boxes() -> None:
     model = CenterNet(FrozenNorm(build_backbone("mobilenet_v2", False, 0.25)), 3, tiny_config())
     images, targets = rectangles_batch()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    totals = []
-    for _ in range(100):
-        total = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        totals.append(total.item())
+    totals = overfit(model, images, targets, optimizer, 100)
     assert all(math.isfinite(value) for value in totals)
     assert totals[-1] < 0.3 * totals[0], f"loss went from {totals[0]:.3f} to {totals[-1]:.3f}"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Callable
 
 import pytest
 import torch
@@ -408,18 +409,11 @@ def rectangles_batch() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     return images, targets
 
 
-def test_overfits_one_batch_and_detects_its_boxes() -> None:
+def test_overfits_one_batch_and_detects_its_boxes(overfit: Callable[..., list[float]]) -> None:
     images, targets = rectangles_batch()
     model = tiny_model(2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    model.train()
-    totals = []
-    for _ in range(150):
-        total = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        totals.append(total.item())
+    totals = overfit(model, images, targets, optimizer, 150)
     assert all(math.isfinite(value) for value in totals)
     assert totals[-1] < 0.4 * totals[0], f"loss went from {totals[0]:.3f} to {totals[-1]:.3f}"
 
