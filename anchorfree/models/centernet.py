@@ -271,6 +271,10 @@ class CenterNet(nn.Module):
         self.size_divisor = 32
         self.head = CenterNetHead(self.neck.out_channels, num_classes, self.config.head_channels)
 
+    def head_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) padded batch -> heatmap_logits (N, C, H/4, W/4), offsets and sizes (N, 2, H/4, W/4)."""
+        return self.head(self.neck(self.backbone(match_memory_format(batch, self.backbone))))
+
     def forward(
         self, images: torch.Tensor | list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
@@ -279,7 +283,7 @@ class CenterNet(nn.Module):
         config = self.config
         if self.training:
             check_targets(targets, len(image_sizes))
-            heatmap_logits, offsets, sizes = self.head(self.neck(self.backbone(match_memory_format(batch, self.backbone))))
+            heatmap_logits, offsets, sizes = self.head_outputs(batch)
             output_size = tuple(heatmap_logits.shape[-2:])
             image_targets = []
             for image_index, target in enumerate(targets):
@@ -297,14 +301,13 @@ class CenterNet(nn.Module):
         if config.flip_test:
             # The mirror goes through the network in the same batch; its outputs are flipped back and the
             # heatmaps and sizes averaged (offsets are not mirror-symmetric and come from the image alone).
-            both = torch.cat([batch, batch.flip(-1)])
-            heatmap_logits, offsets, sizes = self.head(self.neck(self.backbone(match_memory_format(both, self.backbone))))
+            heatmap_logits, offsets, sizes = self.head_outputs(torch.cat([batch, batch.flip(-1)]))
             count = len(batch)
             heatmap = (heatmap_logits[:count].float().sigmoid() + heatmap_logits[count:].float().sigmoid().flip(-1)) / 2
             sizes = (sizes[:count].float() + sizes[count:].float().flip(-1)) / 2
             offsets = offsets[:count]
         else:
-            heatmap_logits, offsets, sizes = self.head(self.neck(self.backbone(match_memory_format(batch, self.backbone))))
+            heatmap_logits, offsets, sizes = self.head_outputs(batch)
             heatmap = heatmap_logits.float().sigmoid()
         boxes, scores, labels = centernet_decode(heatmap, offsets, sizes, self.stride, config.max_detections, config.peak_kernel)
         detections = []
