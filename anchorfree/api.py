@@ -35,7 +35,7 @@ from anchorfree.models import build_model
 from anchorfree.models.backbones import PretrainedWeightsUnavailable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-DEMO_PRESETS = {"fcos": "fcos_cpu", "centernet": "centernet_cpu"}  # the preset each family's demo trains
+DEMO_PRESETS = {"fcos": "fcos_cpu", "centernet": "centernet_cpu", "cornernet": "cornernet_cpu"}  # the preset each family's demo trains
 
 
 def make_config(preset: str = "fcos_cpu", overrides: dict[str, Any] | list[str] | None = None) -> Config:

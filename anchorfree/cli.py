@@ -28,7 +28,7 @@ OVERRIDES_HELP = "dotted key=value settings, e.g. train.epochs=20 model.fcos.hea
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anchorfree", description="Anchor-free object detection (FCOS, CenterNet) on PyTorch.")
+    parser = argparse.ArgumentParser(prog="anchorfree", description="Anchor-free object detection (FCOS, CenterNet, CornerNet) on PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="train and evaluate on the built-in synthetic dataset (~5 min on 2 CPU cores)")

@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from anchorfree.models.centernet import CenterNetConfig
+from anchorfree.models.cornernet import CornerNetConfig
 from anchorfree.models.fcos import FCOSConfig
 
 
@@ -33,6 +34,7 @@ class ModelConfig:
     num_classes: int = 0
     fcos: FCOSConfig = field(default_factory=FCOSConfig)
     centernet: CenterNetConfig = field(default_factory=CenterNetConfig)
+    cornernet: CornerNetConfig = field(default_factory=CornerNetConfig)
 
 
 @dataclass
@@ -184,12 +186,31 @@ def centernet_r18() -> Config:
     )
 
 
+def cornernet_cpu() -> Config:
+    """The CornerNet demo preset: ImageNet MobileNetV2, FPN-P2 neck (stride 4), narrow corner modules; 2 CPU cores."""
+    return Config(
+        preset="cornernet_cpu",
+        model=ModelConfig(
+            name="cornernet",
+            backbone="mobilenet_v2",
+            pretrained_backbone=True,
+            cornernet=CornerNetConfig(neck="fpn", fpn_channels=64, pool_channels=64, head_channels=64),
+        ),
+        data=DataConfig(train_sizes=[288, 320, 352], val_size=320, max_size=448, workers=0),
+        train=TrainConfig(
+            epochs=6, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup_iters=100, warmup_factor=0.01,
+            final_lr_ratio=0.02, amp=cpu_has_fast_bf16(), eval_every=2,
+        ),
+    )
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "fcos_cpu": fcos_cpu,
     "fcos_mobilenet_v2_cpu": fcos_mobilenet_v2_cpu,
     "fcos_r50_fpn_1x": fcos_r50_fpn_1x,
     "centernet_cpu": centernet_cpu,
     "centernet_r18": centernet_r18,
+    "cornernet_cpu": cornernet_cpu,
 }
 
 

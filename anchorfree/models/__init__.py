@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from anchorfree.models.centernet import CenterNet, CenterNetConfig, build_centernet
+from anchorfree.models.cornernet import CornerNet, CornerNetConfig, build_cornernet
 from anchorfree.models.fcos import FCOS, FCOSConfig, build_fcos
 
 if TYPE_CHECKING:
     from anchorfree.config import ModelConfig
 
-MODELS = {"fcos": build_fcos, "centernet": build_centernet}
+MODELS = {"fcos": build_fcos, "centernet": build_centernet, "cornernet": build_cornernet}
 
 
 def build_model(model_config: ModelConfig, num_classes: int) -> nn.Module:
@@ -33,4 +34,4 @@ def build_model(model_config: ModelConfig, num_classes: int) -> nn.Module:
     )
 
 
-__all__ = ["CenterNet", "CenterNetConfig", "FCOS", "FCOSConfig", "MODELS", "build_centernet", "build_fcos", "build_model"]
+__all__ = ["CenterNet", "CenterNetConfig", "CornerNet", "CornerNetConfig", "FCOS", "FCOSConfig", "MODELS", "build_centernet", "build_cornernet", "build_fcos", "build_model"]
