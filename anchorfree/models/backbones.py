@@ -243,3 +243,177 @@ class PyramidP2Neck(nn.Module):
         """features: the backbone's [C2, C3, C4, C5]; returns P2, (N, channels, H/4, W/4)."""
         named = OrderedDict((str(index), feature) for index, feature in enumerate(features))
         return self.pyramid(named)["0"]
+
+
+# ----------------------------------------------------------------------------------- Hourglass (CornerNet)
+#
+# The hourglass network of "CornerNet: Detecting Objects as Paired Keypoints" (Law & Deng, ECCV 2018, section
+# 4.1), itself a variant of "Stacked Hourglass Networks for Human Pose Estimation" (Newell et al., ECCV 2016).
+# CornerNet's changes to Newell et al.: stride-2 residual blocks instead of max-pooling to go down, five
+# downsamplings after which the widths are (256, 384, 384, 384, 512), 4 residual blocks of 512 channels at the
+# bottom, two residual blocks on every skip and before every nearest-neighbour upsampling, and intermediate
+# supervision whose predictions are not added back into the network (only the features are, through 1x1 conv-BN
+# and a residual block). Hourglass-104 stacks two such modules; Hourglass-52 is one (Duan et al.'s CenterNet, 2019).
+
+
+def _scaled_width(channels: int, width_multiplier: float) -> int:
+    """`channels` x `width_multiplier`, rounded to a multiple of 8 and at least 8."""
+    return max(8, int(round(channels * width_multiplier / 8)) * 8)
+
+
+class Residual(nn.Module):
+    """A basic residual block: 3x3 conv-BN-ReLU, 3x3 conv-BN, plus a skip (1x1 conv-BN when the shape changes), ReLU.
+
+    (N, in_channels, H, W) -> (N, out_channels, H / stride, W / stride).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.skip: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.skip = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(residual + self.skip(x))
+
+
+def _residual_stack(
+    in_channels: int, out_channels: int, num_blocks: int, stride: int = 1, change_width_first: bool = True
+) -> nn.Sequential:
+    """`num_blocks` residual blocks from `in_channels` to `out_channels`; only the first block has `stride`.
+
+    The width changes in the first block (`change_width_first`, going down) or in the last one (going back up),
+    so that the blocks at each resolution run at that level's width.
+    """
+    if change_width_first:
+        widths = [in_channels] + [out_channels] * num_blocks
+    else:
+        widths = [in_channels] * num_blocks + [out_channels]
+    blocks = [Residual(widths[index], widths[index + 1], stride if index == 0 else 1) for index in range(num_blocks)]
+    return nn.Sequential(*blocks)
+
+
+class HourglassModule(nn.Module):
+    """One hourglass, defined recursively over its levels: (N, dims[0], H, W) -> (N, dims[0], H, W).
+
+    Level 0 keeps the input resolution. Its upper branch (the skip) is `modules_per_level[0]` residual blocks at
+    dims[0]. Its lower branch goes down with `modules_per_level[0]` residual blocks to dims[1] (the first with
+    stride 2), runs the hourglass of the remaining levels (or, at the bottom, `modules_per_level[-1]` blocks at
+    dims[-1]), comes back to dims[0] with `modules_per_level[0]` blocks, and is upsampled 2x by nearest neighbour.
+    The branches are summed. So entry i of `modules_per_level` counts the blocks of each path at level i, and the
+    last entry the blocks at the bottom. H and W must be divisible by 2 ** (len(dims) - 1).
+    """
+
+    def __init__(self, dims: list[int], modules_per_level: list[int]) -> None:
+        super().__init__()
+        width, lower_width = dims[0], dims[1]
+        self.upper = _residual_stack(width, width, modules_per_level[0])
+        self.down = _residual_stack(width, lower_width, modules_per_level[0], stride=2)
+        self.inner: nn.Module
+        if len(dims) > 2:
+            self.inner = HourglassModule(dims[1:], modules_per_level[1:])
+        else:  # the bottom of the hourglass (the paper's 4 blocks of 512 channels)
+            self.inner = _residual_stack(lower_width, lower_width, modules_per_level[1])
+        self.up = _residual_stack(lower_width, width, modules_per_level[0], change_width_first=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lower = self.up(self.inner(self.down(x)))  # (N, dims[0], H/2, W/2)
+        return self.upper(x) + nn.functional.interpolate(lower, scale_factor=2.0, mode="nearest")
+
+
+def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, relu: bool = True) -> nn.Sequential:
+    """kernel_size x kernel_size conv (same padding, no bias) + BN (+ ReLU)."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+    ]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class HourglassNetwork(nn.Module):
+    """Stacked hourglasses (CornerNet): images (N, 3, H, W) -> `num_stacks` maps (N, out_channels, H/4, W/4).
+
+    Stem: 7x7 conv stride 2 (`stem_channels`) + BN + ReLU, then a stride-2 residual block to dims[0]: stride 4.
+    Each stack is an `HourglassModule` followed by a 3x3 conv-BN-ReLU, whose result is that stack's output.
+    Between stacks, as in CornerNet, the stack's input and its output each go through a 1x1 conv-BN; they are
+    summed, passed through a ReLU and one residual block, and feed the next stack. The last output is the one a
+    detector reads at test time; the earlier ones are for intermediate supervision (the same head, its own loss).
+
+    Args:
+        num_stacks: number of hourglass modules (2 for Hourglass-104).
+        dims: widths of the levels, from stride 4 downwards; len(dims) - 1 downsamplings per hourglass.
+        modules_per_level: residual blocks on each path of each level, one entry per entry of `dims`; the last
+            entry is the number of blocks at the bottom (see `HourglassModule`).
+        stem_channels: width of the 7x7 stem convolution.
+
+    H and W must be multiples of 4 * 2 ** (len(dims) - 1) (128 for the paper's configurations).
+    """
+
+    def __init__(self, num_stacks: int, dims: list[int], modules_per_level: list[int], stem_channels: int = 128) -> None:
+        super().__init__()
+        if num_stacks < 1:
+            raise ValueError(f"num_stacks must be at least 1, got {num_stacks}")
+        if len(dims) < 2 or len(dims) != len(modules_per_level):
+            raise ValueError(f"dims and modules_per_level need one entry per level (at least 2); got {dims} and {modules_per_level}")
+        if min(modules_per_level) < 1:
+            raise ValueError(f"every level needs at least one residual block, got modules_per_level={modules_per_level}")
+        width = dims[0]
+        self.num_stacks = num_stacks
+        self.out_channels = width
+        self.stride = 4
+        self.num_downsamplings = len(dims) - 1
+        self.size_multiple = self.stride * 2**self.num_downsamplings
+        self.stem = nn.Sequential(_conv_bn(3, stem_channels, 7, stride=2), Residual(stem_channels, width, stride=2))
+        self.hourglasses = nn.ModuleList(HourglassModule(dims, modules_per_level) for _ in range(num_stacks))
+        self.output_convs = nn.ModuleList(_conv_bn(width, width, 3) for _ in range(num_stacks))
+        # Links from stack k to stack k + 1 (none after the last stack).
+        self.input_projections = nn.ModuleList(_conv_bn(width, width, 1, relu=False) for _ in range(num_stacks - 1))
+        self.output_projections = nn.ModuleList(_conv_bn(width, width, 1, relu=False) for _ in range(num_stacks - 1))
+        self.merge_blocks = nn.ModuleList(Residual(width, width) for _ in range(num_stacks - 1))
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images (N, 3, H, W) -> [output of stack 1, ..., output of the last stack], each (N, out_channels, H/4, W/4)."""
+        height, width = images.shape[-2:]
+        if height % self.size_multiple or width % self.size_multiple:
+            raise ValueError(
+                f"HourglassNetwork needs an image height and width that are multiples of {self.size_multiple} "
+                f"(stride {self.stride} x 2**{self.num_downsamplings} hourglass downsamplings); got {height}x{width}"
+            )
+        x = self.stem(images)  # (N, dims[0], H/4, W/4)
+        outputs: list[torch.Tensor] = []
+        for stack, (hourglass, output_conv) in enumerate(zip(self.hourglasses, self.output_convs)):
+            output = output_conv(hourglass(x))
+            outputs.append(output)
+            if stack < self.num_stacks - 1:
+                merged = self.input_projections[stack](x) + self.output_projections[stack](output)
+                x = self.merge_blocks[stack](nn.functional.relu(merged))
+        return outputs
+
+
+def hourglass104(width_multiplier: float = 1.0) -> HourglassNetwork:
+    """CornerNet's Hourglass-104: two stacks, widths (256, 256, 384, 384, 384, 512), 4 blocks at the bottom.
+
+    `width_multiplier` scales every width (rounded to a multiple of 8, at least 8), for small CPU models.
+    """
+    return _hourglass(2, width_multiplier)
+
+
+def hourglass52(width_multiplier: float = 1.0) -> HourglassNetwork:
+    """Hourglass-52: one stack of Hourglass-104's module (the smaller backbone of Duan et al.'s CenterNet, 2019).
+
+    `width_multiplier` scales every width as in `hourglass104`.
+    """
+    return _hourglass(1, width_multiplier)
+
+
+def _hourglass(num_stacks: int, width_multiplier: float) -> HourglassNetwork:
+    dims = [_scaled_width(width, width_multiplier) for width in (256, 256, 384, 384, 384, 512)]
+    return HourglassNetwork(num_stacks, dims, modules_per_level=[2, 2, 2, 2, 2, 4], stem_channels=_scaled_width(128, width_multiplier))

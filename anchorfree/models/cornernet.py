@@ -29,19 +29,20 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from anchorfree.models.backbones import PyramidP2Neck, UpsamplingNeck, build_backbone
+from anchorfree.models.backbones import HourglassNetwork, PyramidP2Neck, UpsamplingNeck, build_backbone, hourglass52, hourglass104
 from anchorfree.models.detector import batch_images, check_num_classes, check_targets, match_memory_format
 from anchorfree.ops.heatmaps import RADIUS_FORMULAS, draw_gaussians, gaussian_radius, heatmap_peaks, top_k_peaks
 from anchorfree.ops.losses import penalty_reduced_focal_loss
 
 NECKS = ("deconv", "fpn")
+HOURGLASS_BACKBONES = {"hourglass52": hourglass52, "hourglass104": hourglass104}
 
 
 @dataclass
 class CornerNetConfig:
     """CornerNet hyper-parameters. Defaults are the paper's unless noted."""
 
-    neck: str = "fpn"  # the stride-4 neck on a torchvision backbone: deconv (CenterNet's) or fpn (P2)
+    neck: str = "fpn"  # the stride-4 neck on a torchvision backbone: deconv (CenterNet's) or fpn (P2); unused by Hourglass
     neck_channels: list[int] = field(default_factory=lambda: [256, 128, 64])  # deconv stage widths
     fpn_channels: int = 128
     pool_channels: int = 128  # the two pooled branches of each corner pooling module
@@ -394,34 +395,56 @@ def cornernet_decode(
 
 
 class CornerNet(nn.Module):
-    """CornerNet: backbone -> stride-4 neck -> top-left and bottom-right corner heads."""
+    """CornerNet: backbone -> stride-4 features -> top-left and bottom-right corner heads.
+
+    With an Hourglass backbone (the paper's), every stack's output is a stride-4 map: the last one feeds
+    `top_left_head` / `bottom_right_head`, and each earlier one has its own pair in `intermediate_heads`, trained
+    with the same losses (intermediate supervision) and unused at test time. A torchvision backbone goes through
+    a stride-4 neck instead and has no intermediate heads.
+    """
 
     def __init__(self, backbone: nn.Module, num_classes: int, config: CornerNetConfig | None = None) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.config = config or CornerNetConfig()
-        if self.config.neck not in NECKS:
-            raise ValueError(f"unknown CornerNet neck {self.config.neck!r}; choose one of {', '.join(NECKS)}")
-        if self.config.radius_formula not in RADIUS_FORMULAS:
-            raise ValueError(f"unknown radius formula {self.config.radius_formula!r}; choose one of {', '.join(RADIUS_FORMULAS)}")
+        config = self.config
+        if config.neck not in NECKS:
+            raise ValueError(f"unknown CornerNet neck {config.neck!r}; choose one of {', '.join(NECKS)}")
+        if config.radius_formula not in RADIUS_FORMULAS:
+            raise ValueError(f"unknown radius formula {config.radius_formula!r}; choose one of {', '.join(RADIUS_FORMULAS)}")
         self.num_classes = num_classes
         self.backbone = backbone
-        if self.config.neck == "deconv":
-            self.neck: nn.Module = UpsamplingNeck(backbone.out_channels[-1], self.config.neck_channels)
+        if isinstance(backbone, HourglassNetwork):
+            self.neck: nn.Module | None = None
+            self.stride, self.size_divisor, channels = backbone.stride, backbone.size_multiple, backbone.out_channels
+            num_intermediate = backbone.num_stacks - 1
         else:
-            self.neck = PyramidP2Neck(backbone.out_channels, self.config.fpn_channels)
-        self.stride = self.neck.stride
-        self.size_divisor = 32
-        channels = self.neck.out_channels
-        config = self.config
-        self.top_left_head = CornerHead(channels, num_classes, config.pool_channels, config.head_channels, "top_left", config.exportable_pooling)
-        self.bottom_right_head = CornerHead(channels, num_classes, config.pool_channels, config.head_channels, "bottom_right", config.exportable_pooling)
+            if config.neck == "deconv":
+                self.neck = UpsamplingNeck(backbone.out_channels[-1], config.neck_channels)
+            else:
+                self.neck = PyramidP2Neck(backbone.out_channels, config.fpn_channels)
+            self.stride, self.size_divisor, channels = self.neck.stride, 32, self.neck.out_channels
+            num_intermediate = 0
+
+        def corner_heads() -> tuple[CornerHead, CornerHead]:
+            return (
+                CornerHead(channels, num_classes, config.pool_channels, config.head_channels, "top_left", config.exportable_pooling),
+                CornerHead(channels, num_classes, config.pool_channels, config.head_channels, "bottom_right", config.exportable_pooling),
+            )
+
+        self.top_left_head, self.bottom_right_head = corner_heads()
+        self.intermediate_heads = nn.ModuleList(nn.ModuleList(corner_heads()) for _ in range(num_intermediate))
+
+    def feature_maps(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """(N, 3, H, W) padded batch -> the stride-4 maps, (N, channels, H/4, W/4) each; the final one last."""
+        features = self.backbone(match_memory_format(batch, self.backbone))
+        return features if self.neck is None else [self.neck(features)]
 
     def head_outputs(self, batch: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """(N, 3, H, W) padded batch -> the (heatmap_logits, embeddings, offsets) of each corner type."""
-        features = self.neck(self.backbone(match_memory_format(batch, self.backbone)))
-        return self.top_left_head(features), self.bottom_right_head(features)
+        """(N, 3, H, W) padded batch -> the final map's (heatmap_logits, embeddings, offsets) of each corner type."""
+        final = self.feature_maps(batch)[-1]
+        return self.top_left_head(final), self.bottom_right_head(final)
 
     def forward(
         self, images: torch.Tensor | list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
@@ -429,22 +452,33 @@ class CornerNet(nn.Module):
         """images: normalised (N, 3, H, W) or list of (3, H_i, W_i); targets: [{"boxes", "labels", "iscrowd"?}]."""
         batch, image_sizes = batch_images(images, self.size_divisor)
         config = self.config
-        if self.training:
-            check_targets(targets, len(image_sizes))
-        top_left, bottom_right = self.head_outputs(batch)
-        if self.training:
-            output_size = tuple(top_left[0].shape[-2:])
-            image_targets = []
-            for image_index, target in enumerate(targets):
-                check_num_classes(target["labels"], self.num_classes, image_index)
-                image_targets.append(
-                    cornernet_targets(
-                        target["boxes"], target["labels"], self.num_classes, output_size, self.stride,
-                        config.radius_formula, config.min_overlap, config.max_objects, target.get("iscrowd"),
-                    )
-                )
-            return cornernet_loss(top_left, bottom_right, image_targets, config)
+        if not self.training:
+            top_left, bottom_right = self.head_outputs(batch)
+            return self._detections(top_left, bottom_right, image_sizes)
 
+        check_targets(targets, len(image_sizes))
+        maps = self.feature_maps(batch)
+        output_size = tuple(maps[-1].shape[-2:])
+        image_targets = []
+        for image_index, target in enumerate(targets):
+            check_num_classes(target["labels"], self.num_classes, image_index)
+            image_targets.append(
+                cornernet_targets(
+                    target["boxes"], target["labels"], self.num_classes, output_size, self.stride,
+                    config.radius_formula, config.min_overlap, config.max_objects, target.get("iscrowd"),
+                )
+            )
+        losses = cornernet_loss(self.top_left_head(maps[-1]), self.bottom_right_head(maps[-1]), image_targets, config)
+        for features, (top_left_head, bottom_right_head) in zip(maps[:-1], self.intermediate_heads):
+            intermediate = cornernet_loss(top_left_head(features), bottom_right_head(features), image_targets, config)
+            losses = {name: value + intermediate[name] for name, value in losses.items()}
+        return losses
+
+    def _detections(
+        self, top_left: tuple[torch.Tensor, ...], bottom_right: tuple[torch.Tensor, ...], image_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, torch.Tensor]]:
+        """Decode, drop pairs under `score_threshold`, clip to each image, and apply the optional NMS."""
+        config = self.config
         boxes, scores, labels = cornernet_decode(
             top_left, bottom_right, self.stride, config.corners_top_k, config.embedding_threshold, config.max_detections, config.peak_kernel
         )
@@ -463,5 +497,10 @@ class CornerNet(nn.Module):
 def build_cornernet(
     num_classes: int, backbone: str = "resnet18", pretrained_backbone: bool = False, backbone_width: float = 1.0, config: CornerNetConfig | None = None
 ) -> CornerNet:
-    """CornerNet with a torchvision backbone and a stride-4 neck (see `anchorfree.models.backbones`)."""
+    """CornerNet with the paper's Hourglass (`hourglass52`, `hourglass104`; `backbone_width` scales its widths)
+    or a torchvision backbone and a stride-4 neck (see `anchorfree.models.backbones`)."""
+    if backbone in HOURGLASS_BACKBONES:
+        if pretrained_backbone:
+            raise ValueError(f"there are no ImageNet weights for {backbone} (the paper trains it from scratch): set model.pretrained_backbone=false")
+        return CornerNet(HOURGLASS_BACKBONES[backbone](backbone_width), num_classes, config)
     return CornerNet(build_backbone(backbone, pretrained_backbone, backbone_width), num_classes, config)
