@@ -20,7 +20,6 @@ Reading order: corner pooling -> head -> targets -> loss -> decode -> the model 
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -84,12 +83,13 @@ def _doubling_max(x: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
     """The same cumulative maximum by log-step doubling: after the step with shift s, each position holds the max
     over the 2s positions ending (or starting) at it. ceil(log2(length)) steps of max(x, x shifted); exportable."""
     length = x.shape[dim]
+    lowest = torch.finfo(x.dtype).min if x.is_floating_point() else torch.iinfo(x.dtype).min  # the max's identity
     result = x
     shift = 1
     while shift < length:
         fill_shape = list(x.shape)
         fill_shape[dim] = shift
-        fill = torch.full(fill_shape, -math.inf, dtype=x.dtype, device=x.device)
+        fill = torch.full(fill_shape, lowest, dtype=x.dtype, device=x.device)
         if reverse:  # position i takes position i + shift
             shifted = torch.cat([result.narrow(dim, shift, length - shift), fill], dim)
         else:  # position i takes position i - shift
@@ -296,7 +296,8 @@ def cornernet_loss(
     Returns:
         {"heatmap": penalty-reduced focal loss of the top-left plus the bottom-right heatmaps (probabilities
          clamped to [1e-4, 1 - 1e-4]), each normalised by its number of corners,
-         "pull": pull_weight x the pull loss averaged over the images, "push": likewise,
+         "pull": pull_weight x the pull loss averaged over the images (the released code sums over the batch,
+         which makes the weights depend on the batch size), "push": likewise,
          "offset": offset_weight x smooth-L1 of both corners' offsets summed over coordinates / number of objects}.
         With no object, pull, push and offset are exactly 0 (still connected to the graph).
     """
@@ -324,10 +325,8 @@ def cornernet_loss(
     offset = offset / max(num_objects, 1)
     pull = torch.stack(pulls).mean()
     push = torch.stack(pushes).mean()
-    if num_objects == 0:
-        # Empty sums are 0 but detached from the embedding and offset outputs; tie them in with weight 0.
-        connection = sum(outputs[1].sum() + outputs[2].sum() for outputs in (top_left_outputs, bottom_right_outputs)) * 0.0
-        pull, push, offset = pull + connection, push + connection, offset + connection
+    # With no object these are exact zeros, still in the graph through the (empty) reads of the outputs, so every
+    # parameter receives a (zero) gradient under DDP.
     return {
         "heatmap": heatmap,
         "pull": config.pull_weight * pull,
