@@ -15,9 +15,10 @@ from anchorfree.models import backbones
 
 
 TINY_CENTERNET = {"model__centernet__fpn_channels": 16, "model__centernet__head_channels": 16}
+TINY_CORNERNET = {"model__cornernet__fpn_channels": 16, "model__cornernet__pool_channels": 16, "model__cornernet__head_channels": 16}
 
 
-@pytest.mark.parametrize("family, extra", [("fcos", {}), ("centernet", TINY_CENTERNET)])
+@pytest.mark.parametrize("family, extra", [("fcos", {}), ("centernet", TINY_CENTERNET), ("cornernet", TINY_CORNERNET)])
 def test_demo_trains_evaluates_and_draws_and_falls_back_to_scratch_when_offline(
     family: str, extra: dict[str, Any], tiny_dataset: Path, tiny_overrides: Callable[..., dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
