@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from anchorfree.models.backbones import PyramidP2Neck, UpsamplingNeck, build_backbone
-from anchorfree.models.detector import batch_images, check_num_classes, check_targets, match_memory_format
+from anchorfree.models.detector import batch_images, check_num_classes, check_targets, match_memory_format, select_detections
 from anchorfree.ops.heatmaps import RADIUS_FORMULAS, draw_gaussians, gaussian_radius, heatmap_peaks, top_k_peaks
 from anchorfree.ops.losses import penalty_reduced_focal_loss
 
@@ -310,16 +309,7 @@ class CenterNet(nn.Module):
             heatmap_logits, offsets, sizes = self.head_outputs(batch)
             heatmap = heatmap_logits.float().sigmoid()
         boxes, scores, labels = centernet_decode(heatmap, offsets, sizes, self.stride, config.max_detections, config.peak_kernel)
-        detections = []
-        for image_index, (height, width) in enumerate(image_sizes):
-            keep = scores[image_index] > config.score_threshold
-            image_boxes = clip_boxes_to_image(boxes[image_index, keep], (height, width))
-            image_scores, image_labels = scores[image_index, keep], labels[image_index, keep]
-            if config.nms_threshold > 0:
-                kept = batched_nms(image_boxes, image_scores, image_labels, config.nms_threshold)  # still sorted by score
-                image_boxes, image_scores, image_labels = image_boxes[kept], image_scores[kept], image_labels[kept]
-            detections.append({"boxes": image_boxes, "scores": image_scores, "labels": image_labels})
-        return detections
+        return select_detections(boxes, scores, labels, image_sizes, config.score_threshold, config.nms_threshold)
 
 
 def build_centernet(

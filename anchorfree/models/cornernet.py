@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from anchorfree.models.backbones import HourglassNetwork, PyramidP2Neck, UpsamplingNeck, build_backbone, hourglass52, hourglass104
-from anchorfree.models.detector import batch_images, check_num_classes, check_targets, match_memory_format
+from anchorfree.models.detector import batch_images, check_num_classes, check_targets, match_memory_format, select_detections
 from anchorfree.ops.heatmaps import RADIUS_FORMULAS, draw_gaussians, gaussian_radius, heatmap_peaks, top_k_peaks
 from anchorfree.ops.losses import penalty_reduced_focal_loss
 
@@ -453,7 +452,10 @@ class CornerNet(nn.Module):
         config = self.config
         if not self.training:
             top_left, bottom_right = self.head_outputs(batch)
-            return self._detections(top_left, bottom_right, image_sizes)
+            boxes, scores, labels = cornernet_decode(
+                top_left, bottom_right, self.stride, config.corners_top_k, config.embedding_threshold, config.max_detections, config.peak_kernel
+            )
+            return select_detections(boxes, scores, labels, image_sizes, config.score_threshold, config.nms_threshold)
 
         check_targets(targets, len(image_sizes))
         maps = self.feature_maps(batch)
@@ -472,25 +474,6 @@ class CornerNet(nn.Module):
             intermediate = cornernet_loss(top_left_head(features), bottom_right_head(features), image_targets, config)
             losses = {name: value + intermediate[name] for name, value in losses.items()}
         return losses
-
-    def _detections(
-        self, top_left: tuple[torch.Tensor, ...], bottom_right: tuple[torch.Tensor, ...], image_sizes: list[tuple[int, int]]
-    ) -> list[dict[str, torch.Tensor]]:
-        """Decode, drop pairs under `score_threshold`, clip to each image, and apply the optional NMS."""
-        config = self.config
-        boxes, scores, labels = cornernet_decode(
-            top_left, bottom_right, self.stride, config.corners_top_k, config.embedding_threshold, config.max_detections, config.peak_kernel
-        )
-        detections = []
-        for image_index, (height, width) in enumerate(image_sizes):
-            keep = scores[image_index] > config.score_threshold
-            image_boxes = clip_boxes_to_image(boxes[image_index, keep], (height, width))
-            image_scores, image_labels = scores[image_index, keep], labels[image_index, keep]
-            if config.nms_threshold > 0:
-                kept = batched_nms(image_boxes, image_scores, image_labels, config.nms_threshold)
-                image_boxes, image_scores, image_labels = image_boxes[kept], image_scores[kept], image_labels[kept]
-            detections.append({"boxes": image_boxes, "scores": image_scores, "labels": image_labels})
-        return detections
 
 
 def build_cornernet(

@@ -13,6 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 
 def batch_images(images: torch.Tensor | list[torch.Tensor], size_divisor: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -97,3 +98,32 @@ def check_num_classes(labels: torch.Tensor, num_classes: int, image_index: int) 
             f"targets[{image_index}]['labels'] has label {int(outside[0])} outside [0, {num_classes}): "
             f"the model was built for {num_classes} classes"
         )
+
+
+def select_detections(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    image_sizes: list[tuple[int, int]],
+    score_threshold: float,
+    nms_threshold: float = 0.0,
+) -> list[dict[str, torch.Tensor]]:
+    """From a static-shape decode to the per-image detections of the contract.
+
+    Keeps scores above `score_threshold`, clips boxes to each image, and with `nms_threshold` > 0 applies
+    class-aware NMS (`torchvision.ops.batched_nms`); the order by score is kept.
+
+    Args:
+        boxes: (N, D, 4) x1, y1, x2, y2 in input pixels; scores: (N, D) sorted descending; labels: (N, D).
+        image_sizes: (height, width) of each image before padding.
+    """
+    detections = []
+    for image_index, (height, width) in enumerate(image_sizes):
+        keep = scores[image_index] > score_threshold
+        image_boxes = clip_boxes_to_image(boxes[image_index, keep], (height, width))
+        image_scores, image_labels = scores[image_index, keep], labels[image_index, keep]
+        if nms_threshold > 0:
+            kept = batched_nms(image_boxes, image_scores, image_labels, nms_threshold)  # sorted by score
+            image_boxes, image_scores, image_labels = image_boxes[kept], image_scores[kept], image_labels[kept]
+        detections.append({"boxes": image_boxes, "scores": image_scores, "labels": image_labels})
+    return detections
