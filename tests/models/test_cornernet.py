@@ -686,3 +686,22 @@ def test_overfits_one_batch_and_pairs_the_right_corners(overfit: Callable[..., l
         assert sorted(matched.tolist()) == list(range(count)), iou  # each GT box found once among the best
         assert (iou.max(1).values > 0.5).all(), (detection["boxes"][:count], target["boxes"])
         assert detection["labels"][:count].tolist() == target["labels"][matched].tolist()
+
+
+def test_exportable_corner_pooling_runs_in_onnx_runtime_with_the_same_output() -> None:
+    """ONNX has no cumulative max: the log-step formulation exports, and ONNX Runtime computes what PyTorch does."""
+    import io
+
+    import onnxruntime
+
+    torch.manual_seed(0)
+    for corner in ("top_left", "bottom_right"):
+        module = CornerPooling(8, 8, corner, exportable=True).eval()
+        features = torch.randn(1, 8, 20, 24)
+        buffer = io.BytesIO()
+        torch.onnx.export(module, (features,), buffer, dynamo=False, opset_version=17)
+        session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+        (exported,) = session.run(None, {session.get_inputs()[0].name: features.numpy()})
+        with torch.no_grad():
+            expected = module(features)
+        torch.testing.assert_close(torch.from_numpy(exported), expected, rtol=1e-5, atol=1e-5)
