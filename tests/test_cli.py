@@ -141,30 +141,40 @@ def test_missing_subcommand_is_a_usage_error(capsys) -> None:
     assert "usage: anchorfree" in capsys.readouterr().err
 
 
-def test_centernet_train_val_predict_through_the_cli(
-    tmp_path_factory: pytest.TempPathFactory, tiny_overrides, tiny_dataset: Path, capsys
+# Tiny family settings. CornerNet: after 4 warm-up steps the corner heatmaps are still flat (p ~ 0.1), so the 100
+# best top-left and bottom-right corners (the default K) happen to share no class with a bottom-right below-right
+# of its top-left: every pair is invalid and predict would write []. K = 200 (40 000 pairs) gives valid pairs, so
+# the written predictions themselves are checked; a zero score threshold keeps them all.
+KEYPOINT_FAMILIES = {
+    "centernet": {"neck": "fpn", "fpn_channels": 16, "head_channels": 16, "score_threshold": 0.0},
+    "cornernet": {"neck": "fpn", "fpn_channels": 16, "pool_channels": 16, "head_channels": 16, "score_threshold": 0.0, "corners_top_k": 200},
+}
+
+
+@pytest.mark.parametrize("family", list(KEYPOINT_FAMILIES))
+def test_keypoint_family_train_val_predict_through_the_cli(
+    family: str, tmp_path_factory: pytest.TempPathFactory, tiny_overrides, tiny_dataset: Path, capsys
 ) -> None:
-    """`train --preset centernet_cpu` with a tiny CenterNet, then `val` prints the metrics table and `predict` writes JSON."""
+    """`train --preset <family>_cpu` with a tiny model, then `val` prints the metrics table and `predict` writes JSON
+    and drawn images."""
+    settings = KEYPOINT_FAMILIES[family]
     overrides = tiny_overrides(
-        tmp_path_factory.mktemp("cli_centernet"),
-        train__name="centernet_cli",
-        model__name="centernet",
-        model__centernet__neck="fpn",
-        model__centernet__fpn_channels=16,
-        model__centernet__head_channels=16,
-        model__centernet__score_threshold=0.0,
+        tmp_path_factory.mktemp(f"cli_{family}"),
+        train__name=f"{family}_cli",
+        model__name=family,
+        **{f"model__{family}__{key}": value for key, value in settings.items()},
     )
-    run = Path(overrides["train.project"]) / "centernet_cli"
-    assert main(["train", "--preset", "centernet_cpu", *as_arguments(overrides)]) == 0
+    run = Path(overrides["train.project"]) / f"{family}_cli"
+    assert main(["train", "--preset", f"{family}_cpu", *as_arguments(overrides)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"run folder: {run}"
     weights = run / "weights" / "best.safetensors"
     assert weights.is_file() and (run / "weights" / "last.safetensors").is_file()
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["preset"] == "centernet_cpu" and saved["model"]["name"] == "centernet"
+    assert saved["preset"] == f"{family}_cpu" and saved["model"]["name"] == family
     assert saved["model"]["pretrained_backbone"] is False
-    assert saved["model"]["centernet"]["fpn_channels"] == 16 and saved["model"]["centernet"]["head_channels"] == 16
+    assert {key: saved["model"][family][key] for key in settings} == settings
 
-    metrics_file = tmp_path_factory.mktemp("cli_centernet_val") / "metrics.json"
+    metrics_file = tmp_path_factory.mktemp(f"cli_{family}_val") / "metrics.json"
     assert main(["val", str(weights), "--device", "cpu", "--save-json", str(metrics_file)]) == 0
     stdout = capsys.readouterr().out
     assert stdout.startswith("COCO bbox: 8 images, ")
@@ -172,55 +182,7 @@ def test_centernet_train_val_predict_through_the_cli(
     for name in ("mAP", "AP50", "AP75"):  # the printed table and the saved JSON agree
         assert f"  {name:<10} {saved_metrics['stats'][name]:6.4f}" in stdout.splitlines()
 
-    out = tmp_path_factory.mktemp("cli_centernet_predict")
-    images = tiny_dataset / "images" / "val"
-    assert main(["predict", str(weights), str(images), "--out", str(out), "--conf", "0"]) == 0
-    assert capsys.readouterr().out.strip() == f"predictions: {out / 'predictions.json'}"
-    assert_predictions_written(out, images)
-
-
-def test_cornernet_train_val_predict_through_the_cli(
-    tmp_path_factory: pytest.TempPathFactory, tiny_overrides, tiny_dataset: Path, capsys
-) -> None:
-    """`train --preset cornernet_cpu` with a tiny CornerNet, then `val` prints the metrics table and `predict` writes
-    JSON and drawn images.
-
-    After 4 warm-up steps the corner heatmaps are still flat (p ~ 0.1), so the 100 best top-left and the 100 best
-    bottom-right corners (the default K) happen to share no class with a bottom-right below-right of its top-left:
-    every pair is invalid (score -1) and predict would write []. K = 200 corners of each type (40 000 pairs) gives
-    valid pairs, so the written predictions themselves are checked; a zero score threshold keeps them all."""
-    overrides = tiny_overrides(
-        tmp_path_factory.mktemp("cli_cornernet"),
-        train__name="cornernet_cli",
-        model__name="cornernet",
-        model__cornernet__neck="fpn",
-        model__cornernet__fpn_channels=16,
-        model__cornernet__pool_channels=16,
-        model__cornernet__head_channels=16,
-        model__cornernet__score_threshold=0.0,
-        model__cornernet__corners_top_k=200,
-    )
-    run = Path(overrides["train.project"]) / "cornernet_cli"
-    assert main(["train", "--preset", "cornernet_cpu", *as_arguments(overrides)]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == f"run folder: {run}"
-    weights = run / "weights" / "best.safetensors"
-    assert weights.is_file() and (run / "weights" / "last.safetensors").is_file()
-    saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["preset"] == "cornernet_cpu" and saved["model"]["name"] == "cornernet"
-    assert saved["model"]["pretrained_backbone"] is False
-    cornernet = saved["model"]["cornernet"]
-    assert cornernet["fpn_channels"] == 16 and cornernet["pool_channels"] == 16 and cornernet["head_channels"] == 16
-    assert cornernet["score_threshold"] == 0.0 and cornernet["corners_top_k"] == 200
-
-    metrics_file = tmp_path_factory.mktemp("cli_cornernet_val") / "metrics.json"
-    assert main(["val", str(weights), "--device", "cpu", "--save-json", str(metrics_file)]) == 0
-    stdout = capsys.readouterr().out
-    assert stdout.startswith("COCO bbox: 8 images, ")
-    saved_metrics = json.loads(metrics_file.read_text())
-    for name in ("mAP", "AP50", "AP75"):  # the printed table and the saved JSON agree
-        assert f"  {name:<10} {saved_metrics['stats'][name]:6.4f}" in stdout.splitlines()
-
-    out = tmp_path_factory.mktemp("cli_cornernet_predict")
+    out = tmp_path_factory.mktemp(f"cli_{family}_predict")
     images = tiny_dataset / "images" / "val"
     assert main(["predict", str(weights), str(images), "--out", str(out), "--conf", "0"]) == 0
     assert capsys.readouterr().out.strip() == f"predictions: {out / 'predictions.json'}"

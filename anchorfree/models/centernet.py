@@ -197,10 +197,8 @@ def centernet_loss(
     num_values = max(2 * len(cell_index), 1)
     size = (predicted_sizes - target_sizes).abs().sum() / num_values
     offset = (predicted_offsets - target_offsets).abs().sum() / num_values
-    if len(cell_index) == 0:
-        # Empty sums are 0 but detached from the size and offset outputs; tie them in with weight 0.
-        size = size + 0.0 * sizes.sum()
-        offset = offset + 0.0 * offsets.sum()
+    # With no object these are exact zeros, still in the graph through the (empty) reads of the outputs, so every
+    # parameter receives a (zero) gradient under DDP.
     return {"heatmap": heatmap, "size": size_weight * size, "offset": offset_weight * offset}
 
 
