@@ -23,6 +23,7 @@ from torchvision.utils import draw_bounding_boxes
 
 from anchorfree.checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint
 from anchorfree.config import Config, apply_overrides, config_from_dict, get_preset
+from anchorfree.data.cache import cache_dir
 from anchorfree.data.coco import read_coco
 from anchorfree.data.dataset import scale_to_original
 from anchorfree.data.images import load_image
@@ -69,7 +70,7 @@ class Detector:
 
     def __post_init__(self) -> None:
         # The evaluation preprocessing the model was trained with; built once, used for every image.
-        self.transform = eval_transforms(self.config.data.val_size, self.config.data.max_size)
+        self.transform = eval_transforms(self.config.data.val_size, self.config.data.max_size, resize=self.config.data.resize)
 
     @torch.no_grad()
     def predict(self, source: str | Path | Image.Image | torch.Tensor, score_threshold: float = 0.3) -> dict[str, Any]:
@@ -86,7 +87,8 @@ class Detector:
         with autocast(self.device, self.config.train.amp):
             detection = self.model([network_input])[0]
         keep = detection["scores"] >= score_threshold
-        boxes = scale_to_original(detection["boxes"][keep].float().cpu(), tuple(network_input.shape[-2:]), (height, width))
+        # input_size: the resized image without the letterbox's padding.
+        boxes = scale_to_original(detection["boxes"][keep].float().cpu(), sample["input_size"], (height, width))
         labels = detection["labels"][keep].cpu()
         return {
             "boxes": boxes,
@@ -191,7 +193,7 @@ def demo(model: str = "fcos", overrides: dict[str, Any] | list[str] | None = Non
 
 def synthetic_dataset_path(num_train: int = 800, num_val: int = 200, seed: int = 0) -> Path:
     """The built-in dataset in the cache folder ($ANCHORFREE_CACHE or ~/.cache/anchorfree), made on first use."""
-    cache = Path(os.environ.get("ANCHORFREE_CACHE", Path.home() / ".cache" / "anchorfree"))
+    cache = cache_dir()
     folder = cache / f"synthetic-shapes-v1-{num_train}-{num_val}-seed{seed}"
     if not (folder / "instances_val.json").is_file():
         write_synthetic_dataset(folder, num_train, num_val, seed)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 import yaml
 
+from anchorfree.data.transforms import RESIZE_MODES
 from anchorfree.models.centernet import CenterNetConfig
 from anchorfree.models.cornernet import CornerNetConfig
 from anchorfree.models.fcos import FCOSConfig
@@ -45,9 +46,15 @@ class DataConfig:
     val: str = ""
     images: str = ""  # image folder the JSON's file_names are relative to; found automatically when empty
     on_invalid: str = "skip"  # per-box problems: skip with a counted warning, or error
-    train_sizes: list[int] = field(default_factory=lambda: [800])  # shorter side, one picked per image
+    train_sizes: list[int] = field(default_factory=lambda: [800])  # shorter side (square side unless "shorter"), one picked per image
     val_size: int = 800
-    max_size: int = 1333  # cap on the longer side
+    max_size: int = 1333  # cap on the longer side ("shorter" only)
+    # shorter: shorter side to the size (FCOS) | letterbox: longer side to the size, padded to a square |
+    # crop: letterbox scale x a random factor, random square crop (CenterNet, CornerNet; evaluation letterboxes)
+    resize: str = "shorter"
+    scale_range: list[float] = field(default_factory=lambda: [0.6, 1.4])  # crop: the random factor's range
+    min_box_size: float = 2.0  # px: boxes cut by a crop or a mosaic to a smaller side are dropped
+    mosaic: float = 0.0  # probability of a 2x2 mosaic of four training images
     horizontal_flip: float = 0.5
     photometric: bool = True
     workers: int = 2
@@ -167,8 +174,8 @@ def centernet_r18() -> Config:
     """The paper's ResNet-18 CenterNet (ResNet-DCN-18): 512 x 512, Adam 1.25e-4 per 32 images, 140 epochs, lr x0.1 at 90 and 120.
 
     The paper trains at batch 114 with lr 5e-4 (the released code's rule: 1.25e-4 per 32 images); scale
-    `train.lr` with `train.batch_size`. Its augmentation (random scale 0.6-1.4 and crop to 512 x 512) is
-    approximated by resizing the longer side to 512.
+    `train.lr` with `train.batch_size`. Its augmentation as in the paper: random scale 0.6-1.4 of the
+    letterboxed image and a random 512 x 512 crop, flip and colour; evaluation letterboxes to 512 x 512.
     """
     return Config(
         preset="centernet_r18",
@@ -178,7 +185,7 @@ def centernet_r18() -> Config:
             pretrained_backbone=True,
             centernet=CenterNetConfig(neck="deconv", neck_channels=[256, 128, 64], deformable=True, head_channels=64),
         ),
-        data=DataConfig(train_sizes=[512], val_size=512, max_size=512, workers=4),
+        data=DataConfig(train_sizes=[512], val_size=512, max_size=512, resize="crop", scale_range=[0.6, 1.4], workers=4),
         train=TrainConfig(
             epochs=140, batch_size=32, optimizer="adamw", lr=1.25e-4, weight_decay=0.0, warmup_iters=0, lr_schedule="step",
             lr_steps=[90, 120], grad_clip=0.0, eval_every=5,
@@ -208,8 +215,9 @@ def cornernet_hg104() -> Config:
     """The paper's CornerNet: Hourglass-104 from scratch, 511 x 511 input (128 x 128 output), Adam 2.5e-4 at batch
     49, 250k iterations then 50k at 2.5e-5 (about 104 + 21 COCO epochs).
 
-    The paper's augmentation (random scale, crop to 511 x 511, colour) is approximated by resizing the longer side
-    to 511 (padded to 512); its soft-NMS by class-aware NMS at 0.5.
+    The paper's augmentation: random scale 0.6-1.4 of the letterboxed image, a random 511 x 511 crop, flip and
+    colour; evaluation letterboxes to 511 x 511 (padded to 512 by the model). Its soft-NMS is approximated by
+    class-aware NMS at 0.5.
     """
     return Config(
         preset="cornernet_hg104",
@@ -219,7 +227,7 @@ def cornernet_hg104() -> Config:
             pretrained_backbone=False,
             cornernet=CornerNetConfig(pool_channels=128, head_channels=256, nms_threshold=0.5),
         ),
-        data=DataConfig(train_sizes=[511], val_size=511, max_size=511, workers=4),
+        data=DataConfig(train_sizes=[511], val_size=511, max_size=511, resize="crop", scale_range=[0.6, 1.4], workers=4),
         train=TrainConfig(
             epochs=125, batch_size=49, optimizer="adamw", lr=2.5e-4, weight_decay=0.0, warmup_iters=0, lr_schedule="step",
             lr_steps=[104], grad_clip=0.0, eval_every=5,
@@ -240,6 +248,20 @@ PRESETS: dict[str, Callable[[], Config]] = {
 
 class ConfigError(ValueError):
     """A bad preset name, key or value."""
+
+
+def check_data(data: DataConfig) -> None:
+    """Raise ConfigError for `data.*` values the pipeline cannot use, before any data is read or trained on."""
+    if data.resize not in RESIZE_MODES:
+        raise ConfigError(f"data.resize must be one of {', '.join(RESIZE_MODES)}, got {data.resize!r}{_suggest(data.resize, RESIZE_MODES)}")
+    if len(data.scale_range) != 2 or not 0 < data.scale_range[0] <= data.scale_range[1]:
+        raise ConfigError(f"data.scale_range must be [low, high] with 0 < low <= high, e.g. [0.6, 1.4]; got {data.scale_range!r}")
+    if not data.train_sizes or min(data.train_sizes) <= 0 or data.val_size <= 0:
+        raise ConfigError(f"data.train_sizes and data.val_size must be positive pixel sizes; got {data.train_sizes!r} and {data.val_size!r}")
+    if data.min_box_size < 0:
+        raise ConfigError(f"data.min_box_size must be >= 0 pixels, got {data.min_box_size!r}")
+    if not 0 <= data.mosaic <= 1:
+        raise ConfigError(f"data.mosaic is a probability in [0, 1], got {data.mosaic!r}")
 
 
 def get_preset(name: str) -> Config:

@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 import anchorfree
 from anchorfree.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from anchorfree.config import Config, ConfigError, config_from_dict, dump_yaml, flatten
+from anchorfree.config import Config, ConfigError, check_data, config_from_dict, dump_yaml, flatten
 from anchorfree.data.coco import read_coco
 from anchorfree.data.dataset import DetectionDataset, collate, scale_to_original
 from anchorfree.data.records import DetectionData, InvalidAnnotation
-from anchorfree.data.transforms import eval_transforms, train_transforms
+from anchorfree.data.transforms import eval_transforms, largest_input, train_transforms
 from anchorfree.evaluation import EvaluationResult, detections_to_coco_results, evaluate_coco
 from anchorfree.models import build_model
 
@@ -180,7 +180,8 @@ def predict_dataset(model: nn.Module, dataset: DetectionDataset, device: torch.d
 
 def evaluate(model: nn.Module, data: DetectionData, config: Config, device: torch.device, progress: bool = True) -> tuple[EvaluationResult, list[dict]]:
     """COCO metrics of `model` on `data` (pycocotools underneath), and the detections they were computed from."""
-    dataset = DetectionDataset(data, eval_transforms(config.data.val_size, config.data.max_size), (config.data.val_size, config.data.max_size))
+    size, max_size, resize = config.data.val_size, config.data.max_size, config.data.resize
+    dataset = DetectionDataset(data, eval_transforms(size, max_size, resize=resize), largest_input(size, max_size, resize))
     detections = predict_dataset(model, dataset, device, config.train.batch_size, config.data.workers, config.train.amp, progress)
     max_detections = getattr(config.model, config.model.name).max_detections
     return evaluate_coco(data.coco_ground_truth(), detections, max_detections=max_detections), detections
@@ -237,6 +238,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     """Train a detector as `config` says; return the run folder (config.yaml, metrics.csv, weights/)."""
     if config.train.lr_schedule not in ("cosine", "step"):
         raise ConfigError(f"train.lr_schedule must be 'cosine' or 'step', got {config.train.lr_schedule!r}")
+    check_data(config.data)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
@@ -266,12 +268,19 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     remove_stale_temporaries(run_folder)
     atomic_write_text(run_folder / "config.yaml", dump_yaml(config))
 
-    size, max_size = max(config.data.train_sizes), config.data.max_size
+    data_config = config.data
+    size = max(data_config.train_sizes)
     dataset = DetectionDataset(
         train_data,
-        train_transforms(config.data.train_sizes, max_size, config.data.horizontal_flip, config.data.photometric),
-        (size, max_size),
+        train_transforms(
+            data_config.train_sizes, data_config.max_size, data_config.horizontal_flip, data_config.photometric,
+            resize=data_config.resize, scale_range=data_config.scale_range, min_box_size=data_config.min_box_size,
+        ),
+        largest_input(size, data_config.max_size, data_config.resize, data_config.scale_range),
         seed=config.train.seed,
+        mosaic_probability=data_config.mosaic,
+        mosaic_size=size,
+        min_box_size=data_config.min_box_size,
     )
     batches_per_epoch = math.ceil(len(dataset) / config.train.batch_size)
     total_steps = batches_per_epoch * config.train.epochs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +16,12 @@ from anchorfree.data.synth import write_synthetic_dataset
 def single_thread() -> None:
     """The test machine is shared (2 cores): keep torch on one thread."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never read or write the user's cache folder (image checks, synthetic data)."""
+    os.environ["ANCHORFREE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from anchorfree.data.images import image_size
-from anchorfree.data.records import DetectionData, ImageRecord, InvalidAnnotation, ProblemLog, clip_box
+from anchorfree.data.cache import ImageInfoCache, content_hash
+from anchorfree.data.images import MAX_IMAGE_PIXELS
+from anchorfree.data.records import DetectionData, InvalidAnnotation, ProblemLog, build_record, check_image, join_inside
 
 
 def find_image_root(annotation_file: Path, file_name: str) -> Path:
@@ -34,23 +35,28 @@ def read_coco(
     annotation_file: str | Path,
     image_root: str | Path | None = None,
     on_invalid: str = "skip",
-    check_image_sizes: bool = True,
+    trust_image_size: bool = False,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> DetectionData:
     """Read a COCO detection JSON file into `DetectionData`.
 
     Args:
         annotation_file: the JSON file.
         image_root: folder `file_name`s are relative to; found automatically when None (see `find_image_root`).
-        on_invalid: "skip" drops boxes with zero or negative size or outside the image, with one summary
-            warning; "error" raises on the first one.
-        check_image_sizes: compare each image's recorded width/height with the file's header (EXIF applied).
+        on_invalid: "skip" drops boxes with zero size or outside the image, and unusable (corrupt, tiny,
+            non-image) files, with one summary warning; "error" raises on the first one.
+        trust_image_size: when an image's recorded width/height disagrees with the file, use the file's size
+            instead of raising.
+        max_image_pixels: images above this many pixels are refused (decompression bombs).
     """
     annotation_file = Path(annotation_file)
     try:
-        with annotation_file.open("r", encoding="utf-8") as handle:
-            document = json.load(handle)
+        content = annotation_file.read_bytes()
+        document = json.loads(content.decode("utf-8"))
     except FileNotFoundError as error:
         raise InvalidAnnotation(f"{annotation_file}: annotation file not found") from error
+    except IsADirectoryError as error:
+        raise InvalidAnnotation(f"{annotation_file}: is a folder, not a COCO JSON file") from error
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InvalidAnnotation(f"{annotation_file}: not valid JSON ({error})") from error
     if not isinstance(document, dict):
@@ -112,7 +118,8 @@ def read_coco(
             problems.report("zero-size box", f"{where}: bbox {bbox} has width or height 0 (must be > 0)")
             continue
         crowd = bool(annotation.get("iscrowd", 0))
-        per_image[image["id"]].append((annotation_id, np.array([x, y, x + width, y + height], dtype=np.float32), label_of[category_id], crowd))
+        box = np.array([x, y, x + width, y + height], dtype=np.float32)
+        per_image[image["id"]].append((annotation_id, f"annotation id={annotation_id}", box, label_of[category_id], crowd))
 
     if orphans:
         problems.counts["annotation for an unknown image_id"] = orphans
@@ -120,52 +127,25 @@ def read_coco(
 
     records = []
     root = Path(image_root) if image_root is not None else None
+    cache = ImageInfoCache(content_hash(content, str(annotation_file.resolve()), str(root)), max_image_pixels)
     for image_id, image in images.items():
         if root is None:
             root = find_image_root(annotation_file, image["file_name"])
+        where = f"{annotation_file}: image_id={image_id} ({image['file_name']})"
         path = _safe_join(root, image["file_name"], annotation_file, image_id)
-        width, height = image.get("width"), image.get("height")
-        if check_image_sizes or width is None or height is None:
-            if not path.is_file():
-                raise InvalidAnnotation(f"{annotation_file}: image_id={image_id}: image file {path} not found")
-            actual_width, actual_height = image_size(path)
-            if width is not None and height is not None and (int(width), int(height)) != (actual_width, actual_height):
-                raise InvalidAnnotation(
-                    f"{annotation_file}: image_id={image_id} ({image['file_name']}): recorded size {width}x{height} but the file is "
-                    f"{actual_width}x{actual_height} after EXIF orientation; fix the JSON (an EXIF-rotated photo is the usual cause)"
-                )
-            width, height = actual_width, actual_height
-        boxes, labels, crowds, annotation_ids = [], [], [], []
-        for annotation_id, box, label, crowd in per_image[image_id]:
-            where = f"{annotation_file}: image_id={image_id} ({image['file_name']}) annotation id={annotation_id}"
-            clipped = clip_box(box, int(width), int(height))
-            if clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
-                problems.report("box outside the image", f"{where}: box {box.tolist()} lies outside the {width}x{height} image")
-                continue
-            boxes.append(clipped)
-            labels.append(label)
-            crowds.append(crowd)
-            annotation_ids.append(annotation_id)
-        records.append(
-            ImageRecord(
-                image_id=int(image_id),
-                file_name=image["file_name"],
-                path=path,
-                width=int(width),
-                height=int(height),
-                boxes=np.stack(boxes) if boxes else np.zeros((0, 4), dtype=np.float32),
-                labels=np.array(labels, dtype=np.int64),
-                iscrowd=np.array(crowds, dtype=bool),
-                annotation_ids=annotation_ids,
-            )
-        )
+        size = check_image(path, (image.get("width"), image.get("height")), cache, problems, where, trust_image_size)
+        if size is None:
+            continue
+        records.append(build_record(image_id, image["file_name"], path, size[0], size[1], per_image[image_id], problems, where))
+    cache.save()
+    problems.check_box_format("COCO [x, y, width, height]")
     problems.warn_summary()
-    return DetectionData(records, class_names, category_ids, annotation_file, dict(problems.counts))
+    return DetectionData(records, class_names, category_ids, annotation_file, dict(problems.counts), dict(problems.examples), "coco")
 
 
 def _safe_join(root: Path, file_name: str, annotation_file: Path, image_id: int) -> Path:
     """root / file_name, refusing names that escape the image root (`../`, absolute paths)."""
-    path = (root / file_name).resolve()
-    if not path.is_relative_to(root.resolve()):
+    path = join_inside(root, file_name)
+    if path is None:
         raise InvalidAnnotation(f"{annotation_file}: image_id={image_id}: file_name {file_name!r} resolves outside the image folder {root}")
     return path

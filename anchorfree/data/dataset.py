@@ -7,17 +7,20 @@ from typing import Callable
 
 import torch
 from torch.utils.data import Dataset
+from torchvision.ops import clip_boxes_to_image
 
 from anchorfree.data.images import load_image
 from anchorfree.data.records import DetectionData
-from anchorfree.data.transforms import make_sample
+from anchorfree.data.transforms import make_sample, mosaic
 
 
 class DetectionDataset(Dataset):
     """Samples as (image, target): image (3, H, W) float, normalised, at network resolution; target:
 
     - "boxes" (M, 4) float32 x1, y1, x2, y2 in network-input pixels; "labels" (M,) int64; "iscrowd" (M,) bool
-    - "image_id" int; "original_size" (height, width) of the EXIF-oriented file; "input_size" (height, width)
+    - "image_id" int; "original_size" (height, width) of the EXIF-oriented file; "input_size" (height, width) of
+      the part of the image that holds the resized picture (a letterbox pads at the bottom and right; the
+      pipeline notes the un-padded size), else the image's own size
 
     Network-input boxes map back to the original image by the ratio original_size / input_size.
 
@@ -27,14 +30,28 @@ class DetectionDataset(Dataset):
         largest_input: (shorter side, longer-side cap) the pipeline resizes to at most; large JPEGs are decoded
             directly at a reduced scale that is still at least that big (much faster, same result after resizing).
         seed: makes augmentation a function of (seed, epoch, index); set `dataset.epoch` before each epoch.
+        mosaic_probability: probability that a sample is a 2x2 mosaic of itself and three other images drawn from the
+            same random stream (training only; see `anchorfree.data.transforms.mosaic`), before `transforms`.
+        mosaic_size: the mosaic canvas side in pixels.
+        min_box_size: mosaic boxes cut to a side below this many pixels are dropped.
     """
 
     def __init__(
-        self, data: DetectionData, transforms: Callable[[dict], dict], largest_input: tuple[int, int] | None = None, seed: int | None = None
+        self,
+        data: DetectionData,
+        transforms: Callable[[dict], dict],
+        largest_input: tuple[int, int] | None = None,
+        seed: int | None = None,
+        mosaic_probability: float = 0.0,
+        mosaic_size: int = 512,
+        min_box_size: float = 2.0,
     ) -> None:
         self.data = data
         self.transforms = transforms
         self.largest_input = largest_input
+        self.mosaic_probability = mosaic_probability
+        self.mosaic_size = mosaic_size
+        self.min_box_size = min_box_size
         # With a seed, sample `index` of epoch `epoch` is augmented with its own RNG stream: augmentation does not
         # depend on the number of workers or on which worker loads it, and a resumed epoch repeats exactly.
         self.seed = seed
@@ -44,6 +61,35 @@ class DetectionDataset(Dataset):
         return len(self.data.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        record = self.data.records[index]
+        if self.seed is None:
+            sample = self._augment(index)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
+                sample = self._augment(index)
+        image = sample["image"]
+        target = {
+            "boxes": sample["boxes"].as_subclass(torch.Tensor).float(),
+            "labels": sample["labels"],
+            "iscrowd": sample["iscrowd"],
+            "image_id": record.image_id,
+            "original_size": (record.height, record.width),
+            "input_size": sample.get("input_size", (int(image.shape[-2]), int(image.shape[-1]))),
+        }
+        return image.as_subclass(torch.Tensor), target
+
+    def _augment(self, index: int) -> dict:
+        """Sample `index` (or its mosaic) through the pipeline; all randomness from torch's global generator."""
+        sample = self._load(index)
+        # Draw nothing when mosaic is off, so that the random stream of the plain pipeline stays as it was.
+        if self.mosaic_probability > 0 and float(torch.rand(())) < self.mosaic_probability:
+            others = torch.randint(len(self.data.records), (3,)).tolist()
+            sample = mosaic([sample, *(self._load(other) for other in others)], self.mosaic_size, self.min_box_size)
+        return self.transforms(sample)
+
+    def _load(self, index: int) -> dict:
+        """Record `index` decoded as an un-augmented sample (`make_sample`), boxes in the decoded image's pixels."""
         record = self.data.records[index]
         reduce_to = None
         if self.largest_input is not None:
@@ -61,23 +107,7 @@ class DetectionDataset(Dataset):
         boxes = torch.from_numpy(record.boxes).clone()
         boxes[:, 0::2] *= width / record.width
         boxes[:, 1::2] *= height / record.height
-        sample = make_sample(image, boxes, torch.from_numpy(record.labels).clone(), torch.from_numpy(record.iscrowd).clone())
-        if self.seed is None:
-            sample = self.transforms(sample)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
-                sample = self.transforms(sample)
-        image = sample["image"]
-        target = {
-            "boxes": sample["boxes"].as_subclass(torch.Tensor).float(),
-            "labels": sample["labels"],
-            "iscrowd": sample["iscrowd"],
-            "image_id": record.image_id,
-            "original_size": (record.height, record.width),
-            "input_size": (int(image.shape[-2]), int(image.shape[-1])),
-        }
-        return image.as_subclass(torch.Tensor), target
+        return make_sample(image, boxes, torch.from_numpy(record.labels).clone(), torch.from_numpy(record.iscrowd).clone())
 
 
 def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
@@ -87,7 +117,11 @@ def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor],
 
 
 def scale_to_original(boxes: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
-    """Map (D, 4) boxes from network-input pixels back to the original image's pixels."""
+    """Map (D, 4) boxes from network-input pixels back to the original image's pixels, clipped to that image.
+
+    `input_size` is the (height, width) of the resized image without padding (the target's "input_size"):
+    a letterbox keeps the image at the top-left, so boxes reaching into its padding are clipped here.
+    """
     scale_y = original_size[0] / input_size[0]
     scale_x = original_size[1] / input_size[1]
-    return boxes * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
+    return clip_boxes_to_image(boxes * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y]), original_size)

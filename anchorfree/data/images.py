@@ -13,7 +13,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "MPO")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".mpo")
 MIN_IMAGE_SIDE = 10
+# Pillow's own decompression-bomb limit (about 89 megapixels), read once; Pillow's global is never changed.
+MAX_IMAGE_PIXELS = int(Image.MAX_IMAGE_PIXELS or 0) or 89_478_485
 
 
 class ImageLoadError(ValueError):
@@ -37,8 +40,7 @@ def load_image(path: str | Path, reduce_to: tuple[int, int] | None = None) -> to
         raise ImageLoadError(f"{path}: image file not found")
     try:
         with Image.open(path) as image:
-            if image.format not in ALLOWED_FORMATS:
-                raise ImageLoadError(f"{path}: unsupported image format {image.format!r} (allowed: {', '.join(ALLOWED_FORMATS)})")
+            _check_header(path, image, MAX_IMAGE_PIXELS)
             if reduce_to is not None and image.format in ("JPEG", "MPO"):
                 orientation = image.getexif().get(0x0112, 1)
                 # A 90-degree EXIF rotation swaps the axes the reduction applies to.
@@ -47,6 +49,8 @@ def load_image(path: str | Path, reduce_to: tuple[int, int] | None = None) -> to
             image.load()
             image = ImageOps.exif_transpose(image)
             array = _to_rgb_array(image)
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(f"{path}: {error}") from error
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ImageLoadError(f"{path}: cannot decode image ({error}); the file is corrupt, truncated or not an image") from error
     if min(array.shape[:2]) < MIN_IMAGE_SIDE:
@@ -67,6 +71,51 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image)
     return np.array(image.convert("RGB"))
+
+
+def _check_header(path: Path, image: Image.Image, max_pixels: int) -> None:
+    if image.format not in ALLOWED_FORMATS:
+        raise ImageLoadError(f"{path}: unsupported image format {image.format!r} (allowed: {', '.join(ALLOWED_FORMATS)})")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageLoadError(
+            f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} (a decompression bomb?); "
+            "raise data.max_image_pixels if the image is genuine"
+        )
+
+
+def inspect_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) after EXIF orientation of an image that passes every check short of a full decode.
+
+    Checks: the file exists and is an image in an allowed format, it is at most `max_pixels` pixels and at least
+    MIN_IMAGE_SIDE on each side, and it is complete (a JPEG ends with its end-of-image marker; other formats
+    pass Pillow's `verify`). Raises ImageLoadError naming the path and the reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as image:
+            _check_header(path, image, max_pixels)
+            width, height = image.size
+            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                width, height = height, width
+            if image.format in ("JPEG", "MPO"):
+                with path.open("rb") as handle:
+                    handle.seek(-2, 2)
+                    if handle.read(2) != b"\xff\xd9":
+                        raise ImageLoadError(f"{path}: truncated JPEG (no end-of-image marker); the file is corrupt or incomplete")
+            else:
+                image.verify()
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(f"{path}: {error}") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, ImageLoadError):
+            raise
+        raise ImageLoadError(f"{path}: cannot read image ({error}); the file is corrupt, truncated or not an image") from error
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ImageLoadError(f"{path}: image is {width}x{height} px, below the minimum side of {MIN_IMAGE_SIDE} px")
+    return width, height
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -1,16 +1,22 @@
 """The in-memory form every reader produces: images with their boxes, plus the class list.
 
-Readers (COCO today) turn a user's files into `DetectionData`; everything downstream (datasets, evaluation,
-checkpoints) reads only this, so a new format needs a new reader and nothing else.
+Readers (COCO, Pascal VOC, YOLO) turn a user's files into `DetectionData`; everything downstream (datasets,
+evaluation, checkpoints, `data check`, `data convert`) reads only this, so a new format needs a new reader and
+nothing else. The per-box rules every reader shares live here (`build_record`), so all formats treat a bad box
+the same way.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from anchorfree.data.cache import ImageInfoCache
+from anchorfree.data.images import ImageLoadError
 
 
 class InvalidAnnotation(ValueError):
@@ -41,6 +47,8 @@ class DetectionData:
     category_ids: list[int]  # contiguous label -> the dataset's own category id
     source: Path
     problems: dict[str, int] = field(default_factory=dict)  # skipped-annotation counts by kind
+    problem_examples: dict[str, list[str]] = field(default_factory=dict)  # the first messages of each kind
+    format: str = "coco"  # the reader that produced it: coco | voc | yolo
 
     def coco_ground_truth(self) -> dict:
         """The split as a COCO detection dict with the dataset's original category ids (for the evaluator)."""
@@ -75,25 +83,138 @@ class ProblemLog:
         self.on_invalid = on_invalid
         self.counts: dict[str, int] = {}
         self.examples: dict[str, list[str]] = {}
+        self.boxes_seen = 0
+        self.boxes_beyond_image = 0  # boxes reaching past the right or bottom edge before clipping
 
-    def report(self, kind: str, message: str) -> None:
+    def report(self, kind: str, message: str, hint: str = "Use on_invalid=skip to drop such boxes with a warning.") -> None:
         """A per-box problem: raise under on_invalid='error', otherwise count it and keep the example."""
         if self.on_invalid == "error":
-            raise InvalidAnnotation(f"{message}. Use on_invalid=skip to drop such boxes with a warning.")
+            raise InvalidAnnotation(f"{message}. {hint}")
+        self.note(kind, message)
+
+    def note(self, kind: str, message: str) -> None:
+        """Count a problem that is always skipped (never an error), keeping the first examples."""
         self.counts[kind] = self.counts.get(kind, 0) + 1
         self.examples.setdefault(kind, [])
         if len(self.examples[kind]) < 3:
             self.examples[kind].append(message)
 
+    def check_box_format(self, expected: str) -> None:
+        """Warn (or raise under on_invalid='error') when many boxes overflow the image: a coordinate-format mix-up."""
+        if self.boxes_seen < 20 or self.boxes_beyond_image <= 0.05 * self.boxes_seen:
+            return
+        message = (
+            f"{self.source}: {self.boxes_beyond_image} of {self.boxes_seen} boxes extend past the image's right or bottom edge; "
+            f"the boxes may not be {expected} (e.g. [x1, y1, x2, y2] given where [x, y, width, height] is expected)"
+        )
+        if self.on_invalid == "error":
+            raise InvalidAnnotation(message)
+        warnings.warn(message, stacklevel=3)
+
     def warn_summary(self) -> None:
         if not self.counts:
             return
-        lines = [f"{self.source}: skipped {sum(self.counts.values())} annotation(s):"]
+        lines = [f"{self.source}: skipped {sum(self.counts.values())} annotation(s) or image(s):"]
         for kind, count in sorted(self.counts.items()):
             lines.append(f"  {kind}: {count}, e.g. {self.examples[kind][0]}")
         warnings.warn("\n".join(lines), stacklevel=3)
 
 
+def build_record(
+    image_id: int,
+    file_name: str,
+    path: Path,
+    width: int,
+    height: int,
+    objects: list[tuple[int, str, np.ndarray, int, bool]],
+    problems: ProblemLog,
+    where: str,
+) -> ImageRecord:
+    """One image's record from its raw objects (annotation id, how messages name it (e.g. "annotation id=7",
+    "object 2", "line 3"), (4,) x1 y1 x2 y2 box, label, crowd), after the rules every format shares: boxes are clipped to the image, boxes left under 1 px are skipped with a
+    counted warning (the image itself always stays), and exact duplicates (same box and label) are dropped with
+    a counted warning. `where` prefixes messages: the annotation file and the image.
+    """
+    boxes, labels, crowds, annotation_ids = [], [], [], []
+    seen: set[tuple] = set()
+    for annotation_id, reference, box, label, crowd in objects:
+        problems.boxes_seen += 1
+        if box[2] > width + 1 or box[3] > height + 1:
+            problems.boxes_beyond_image += 1
+        if box[2] <= box[0] or box[3] <= box[1]:
+            problems.report("zero-size box", f"{where} {reference}: box {box.tolist()} has width or height 0 (must be > 0)")
+            continue
+        clipped = clip_box(box, width, height)
+        if clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
+            problems.report("box outside the image", f"{where} {reference}: box {box.tolist()} lies outside the {width}x{height} image")
+            continue
+        key = (*clipped.tolist(), int(label), bool(crowd))
+        if key in seen:
+            problems.note("duplicate box", f"{where} {reference}: box {box.tolist()} repeats an earlier box of the same class")
+            continue
+        seen.add(key)
+        boxes.append(clipped)
+        labels.append(label)
+        crowds.append(crowd)
+        annotation_ids.append(annotation_id)
+    return ImageRecord(
+        image_id=int(image_id),
+        file_name=file_name,
+        path=path,
+        width=int(width),
+        height=int(height),
+        boxes=np.stack(boxes) if boxes else np.zeros((0, 4), dtype=np.float32),
+        labels=np.array(labels, dtype=np.int64),
+        iscrowd=np.array(crowds, dtype=bool),
+        annotation_ids=annotation_ids,
+    )
+
+
 def clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray:
     """Clip a (4,) x1, y1, x2, y2 box to the image."""
     return np.array([min(max(box[0], 0), width), min(max(box[1], 0), height), min(max(box[2], 0), width), min(max(box[3], 0), height)], dtype=np.float32)
+
+
+def check_image(
+    path: Path,
+    recorded: tuple[int | None, int | None],
+    cache: ImageInfoCache,
+    problems: ProblemLog,
+    where: str,
+    trust_image_size: bool = False,
+) -> tuple[int, int] | None:
+    """(width, height) of a usable image after EXIF orientation, or None when it is skipped.
+
+    A missing file or a decompression bomb is always an error. A corrupt, truncated, too small or non-image file
+    is skipped with a counted warning (an error under on_invalid='error'). A recorded size that disagrees with
+    the file is an error unless `trust_image_size`, which takes the file's size instead.
+    """
+    if not path.is_file():
+        raise InvalidAnnotation(f"{where}: image file {path} not found")
+    try:
+        width, height = cache.inspect(path)
+    except ImageLoadError as error:
+        if "exceeds the limit" in str(error):
+            raise InvalidAnnotation(f"{where}: {error}") from error
+        problems.report("unusable image", f"{where}: {error}", hint="Use on_invalid=skip to leave such images out with a warning.")
+        return None
+    recorded_width, recorded_height = recorded
+    if recorded_width is not None and recorded_height is not None and (int(recorded_width), int(recorded_height)) != (width, height):
+        if not trust_image_size:
+            raise InvalidAnnotation(
+                f"{where}: recorded size {recorded_width}x{recorded_height} but the file is {width}x{height} after EXIF "
+                f"orientation ({path}); fix the annotation (an EXIF-rotated photo is the usual cause) or set data.trust_image_size=true "
+                "to use the file's size"
+            )
+        problems.note("recorded size differs from the image", f"{where}: recorded {recorded_width}x{recorded_height}, file {width}x{height}")
+    return width, height
+
+
+def join_inside(root: Path, file_name: str) -> Path | None:
+    """The absolute, normalised root / file_name, or None when the name escapes root (`../`, an absolute path).
+
+    The check is on the names, not on where symbolic links point: a folder of links to images elsewhere is fine.
+    """
+    root = Path(os.path.abspath(root))
+    path = Path(os.path.normpath(root / file_name))
+    return path if path.is_relative_to(root) else None

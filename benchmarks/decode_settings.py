@@ -1,10 +1,12 @@
-"""Re-evaluate a trained CenterNet with other test-time settings: NMS after the peak decode, and flip test.
+"""Re-evaluate a trained CenterNet or CornerNet with other test-time settings: NMS after the decode, and
+(CenterNet) flip test.
 
 Training is untouched by these settings, so one checkpoint answers for all of them. Never run by CI; results go
 to docs/benchmarks.md.
 
-    python benchmarks/centernet_decode.py runs/benchmarks/cn_raccoon_imagenet --dataset raccoon
-    python benchmarks/centernet_decode.py runs/benchmarks/cn_bccd_imagenet --dataset bccd --nms 0 0.5 0.6
+    python benchmarks/decode_settings.py runs/benchmarks/cn_raccoon_imagenet --dataset raccoon
+    python benchmarks/decode_settings.py runs/benchmarks/cn_bccd_imagenet --dataset bccd --nms 0 0.5 0.6
+    python benchmarks/decode_settings.py runs/benchmarks/cc_raccoon_imagenet --dataset raccoon --flip off
 """
 
 from __future__ import annotations
@@ -23,23 +25,27 @@ from train_eval import dataset_paths, inference_ms_per_image
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, help="a CenterNet run folder (its weights/best.safetensors is evaluated)")
+    parser.add_argument("run", type=Path, help="a CenterNet or CornerNet run folder (its weights/best.safetensors is evaluated)")
     parser.add_argument("--dataset", required=True, choices=["synthetic", "raccoon", "bccd"])
     parser.add_argument("--nms", type=float, nargs="+", default=[0.0, 0.6], help="NMS IoU thresholds to try (0 = none)")
     parser.add_argument("--flip", choices=["off", "on", "both"], default="both")
     args = parser.parse_args()
 
     detector = anchorfree.load(args.run / "weights" / "best.safetensors", device="cpu")
-    if detector.config.model.name != "centernet":
-        raise SystemExit(f"{args.run} is a {detector.config.model.name} run, not a CenterNet one")
+    family = detector.config.model.name
+    if family not in ("centernet", "cornernet"):
+        raise SystemExit(f"{args.run} is a {family} run; only CenterNet and CornerNet have these test-time settings")
     _, val_json = dataset_paths(args.dataset)
     data = read_coco(val_json)
     val_images = sorted(record.path for record in data.records)[:30]
     flips = {"off": [False], "on": [True], "both": [False, True]}[args.flip]
+    if family == "cornernet" and flips != [False]:
+        raise SystemExit("CornerNet has no flip test: pass --flip off")
     rows = []
     for flip_test in flips:
         for nms_threshold in args.nms:
-            detector.model.config.flip_test = flip_test
+            if family == "centernet":
+                detector.model.config.flip_test = flip_test
             detector.model.config.nms_threshold = nms_threshold
             result, _ = evaluate(detector.model, data, detector.config, torch.device("cpu"), progress=False)
             row = {
