@@ -24,12 +24,11 @@ from torchvision.utils import draw_bounding_boxes
 from anchorfree.checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint
 from anchorfree.config import Config, apply_overrides, config_from_dict, get_preset
 from anchorfree.data.cache import cache_dir
-from anchorfree.data.coco import read_coco
 from anchorfree.data.dataset import scale_to_original
 from anchorfree.data.images import load_image
 from anchorfree.data.synth import write_synthetic_dataset
 from anchorfree.data.transforms import eval_transforms, make_sample
-from anchorfree.engine import autocast, evaluate, resolve_device
+from anchorfree.engine import autocast, data_paths, evaluate, read_split, resolve_device
 from anchorfree.engine import train as train_loop
 from anchorfree.evaluation import EvaluationResult
 from anchorfree.models import build_model
@@ -122,16 +121,18 @@ def load(path: str | Path, device: str = "auto") -> Detector:
 
 
 def val(weights: str | Path, data: str | Path | None = None, device: str = "auto", progress: bool = True) -> EvaluationResult:
-    """COCO metrics of a checkpoint on a COCO JSON split (default: the val split it was trained with)."""
+    """COCO metrics of a checkpoint on a split in any supported format (default: the val split it was trained
+    with). `data` is a COCO JSON file, a VOC or YOLO folder, or a dataset YAML (its val split is used)."""
     detector = load(weights, device)
     config = detector.config
-    split = Path(data) if data is not None else Path(config.data.val)
-    if not str(split) or str(split) == ".":
-        raise ValueError("no validation data: pass data=path/to/instances_val.json")
-    split_data = read_coco(split, config.data.images or None, config.data.on_invalid)
-    if split_data.category_ids != detector.category_ids:
+    split = str(data) if data is not None else (data_paths(config)[1])
+    if not split or split == ".":
+        raise ValueError("no validation data: pass data=path/to/instances_val.json (or a VOC/YOLO folder, or a dataset YAML)")
+    split_data = read_split(config, split, "val", detector.class_names)
+    if (split_data.category_ids, split_data.class_names) != (detector.category_ids, detector.class_names):
         raise ValueError(
-            f"{split} has category ids {split_data.category_ids} but the model was trained on {detector.category_ids} ({detector.class_names})"
+            f"{split} has classes {list(zip(split_data.category_ids, split_data.class_names))} but the model was trained on "
+            f"{list(zip(detector.category_ids, detector.class_names))}"
         )
     result, _ = evaluate(detector.model, split_data, config, detector.device, progress)
     return result

@@ -40,12 +40,21 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where the data is and how images are prepared. Paths are COCO JSON files."""
+    """Where the data is and how images are prepared.
 
+    A split is a COCO JSON file, a Pascal VOC folder, YOLO images (folder or list), or a dataset YAML; the
+    format is detected (anchorfree.data.formats). `dataset` names a dataset YAML that gives both splits.
+    """
+
+    dataset: str = ""  # a dataset YAML (ours or Ultralytics'): fills train/val/names when they are empty
     train: str = ""
     val: str = ""
+    format: str = ""  # coco | voc | yolo; detected when empty
+    names: list[str] = field(default_factory=list)  # class names in label order (VOC, YOLO); found when empty
     images: str = ""  # image folder the JSON's file_names are relative to; found automatically when empty
-    on_invalid: str = "skip"  # per-box problems: skip with a counted warning, or error
+    on_invalid: str = "skip"  # per-box problems and unusable images: skip with a counted warning, or error
+    trust_image_size: bool = False  # a recorded image size that disagrees with the file: use the file's (else error)
+    max_image_pixels: int = 89_478_485  # larger images are refused (decompression bombs); Pillow's default
     train_sizes: list[int] = field(default_factory=lambda: [800])  # shorter side (square side unless "shorter"), one picked per image
     val_size: int = 800
     max_size: int = 1333  # cap on the longer side ("shorter" only)
@@ -216,8 +225,8 @@ def cornernet_hg104() -> Config:
     49, 250k iterations then 50k at 2.5e-5 (about 104 + 21 COCO epochs).
 
     The paper's augmentation: random scale 0.6-1.4 of the letterboxed image, a random 511 x 511 crop, flip and
-    colour; evaluation letterboxes to 511 x 511 (padded to 512 by the model). Its soft-NMS is approximated by
-    class-aware NMS at 0.5.
+    colour; evaluation letterboxes to 511 x 511 (padded to 512 by the model). Detections go through Gaussian
+    soft-NMS (sigma 0.5), as in the released code.
     """
     return Config(
         preset="cornernet_hg104",
@@ -225,7 +234,7 @@ def cornernet_hg104() -> Config:
             name="cornernet",
             backbone="hourglass104",
             pretrained_backbone=False,
-            cornernet=CornerNetConfig(pool_channels=128, head_channels=256, nms_threshold=0.5),
+            cornernet=CornerNetConfig(pool_channels=128, head_channels=256, soft_nms_sigma=0.5),
         ),
         data=DataConfig(train_sizes=[511], val_size=511, max_size=511, resize="crop", scale_range=[0.6, 1.4], workers=4),
         train=TrainConfig(
@@ -252,12 +261,18 @@ class ConfigError(ValueError):
 
 def check_data(data: DataConfig) -> None:
     """Raise ConfigError for `data.*` values the pipeline cannot use, before any data is read or trained on."""
+    if data.format not in ("", "coco", "voc", "yolo"):
+        raise ConfigError(f"data.format must be coco, voc or yolo (or empty to detect it), got {data.format!r}")
+    if data.on_invalid not in ("skip", "error"):
+        raise ConfigError(f"data.on_invalid must be 'skip' or 'error', got {data.on_invalid!r}")
+    if data.max_image_pixels <= 0:
+        raise ConfigError(f"data.max_image_pixels must be positive, got {data.max_image_pixels!r}")
     if data.resize not in RESIZE_MODES:
         raise ConfigError(f"data.resize must be one of {', '.join(RESIZE_MODES)}, got {data.resize!r}{_suggest(data.resize, RESIZE_MODES)}")
     if len(data.scale_range) != 2 or not 0 < data.scale_range[0] <= data.scale_range[1]:
         raise ConfigError(f"data.scale_range must be [low, high] with 0 < low <= high, e.g. [0.6, 1.4]; got {data.scale_range!r}")
     if not data.train_sizes or min(data.train_sizes) <= 0 or data.val_size <= 0:
-        raise ConfigError(f"data.train_sizes and data.val_size must be positive pixel sizes; got {data.train_sizes!r} and {data.val_size!r}")
+        raise ConfigError(f"data.train_sizes and data.val_size must be positive pixel sizes; got {data.train_sizes!r}, {data.val_size!r}")
     if data.min_box_size < 0:
         raise ConfigError(f"data.min_box_size must be >= 0 pixels, got {data.min_box_size!r}")
     if not 0 <= data.mosaic <= 1:

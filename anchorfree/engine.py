@@ -26,7 +26,7 @@ from tqdm import tqdm
 import anchorfree
 from anchorfree.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from anchorfree.config import Config, ConfigError, check_data, config_from_dict, dump_yaml, flatten
-from anchorfree.data.coco import read_coco
+from anchorfree.data.formats import read_dataset, read_dataset_yaml
 from anchorfree.data.dataset import DetectionDataset, collate, scale_to_original
 from anchorfree.data.records import DetectionData, InvalidAnnotation
 from anchorfree.data.transforms import eval_transforms, largest_input, train_transforms
@@ -118,19 +118,50 @@ class EpochSampler(Sampler[int]):
         return self.size - self.start
 
 
+def read_split(config: Config, path: str, split: str, class_names: list[str] | None = None) -> DetectionData:
+    """One split of the configured data, in whatever format it is, with the data settings applied."""
+    data = config.data
+    return read_dataset(
+        path,
+        split,
+        data.format,
+        class_names or data.names or None,
+        data.images or None,
+        data.on_invalid,
+        data.trust_image_size,
+        data.max_image_pixels,
+    )
+
+
+def data_paths(config: Config) -> tuple[str, str]:
+    """(train, val) paths: `data.train` / `data.val`, or the splits of the `data.dataset` YAML."""
+    train, val = config.data.train, config.data.val
+    if config.data.dataset:
+        splits = read_dataset_yaml(config.data.dataset).splits
+        train = train or (str(config.data.dataset) if "train" in splits else "")
+        val = val or (str(config.data.dataset) if "val" in splits else "")
+    return train, val
+
+
 def read_splits(config: Config) -> tuple[DetectionData, DetectionData | None]:
-    """Read the train and (optional) val splits and check they agree on the classes."""
-    if not config.data.train:
-        raise InvalidAnnotation("data.train is not set: give a COCO JSON file, e.g. data.train=path/instances_train.json")
-    images = config.data.images or None
-    train_data = read_coco(config.data.train, images, config.data.on_invalid)
-    val_data = read_coco(config.data.val, images, config.data.on_invalid) if config.data.val else None
-    if val_data is not None and (val_data.category_ids, val_data.class_names) != (train_data.category_ids, train_data.class_names):
+    """Read the train and (optional) val splits and check they agree on the classes, before any training."""
+    train_path, val_path = data_paths(config)
+    if not train_path:
+        raise InvalidAnnotation(
+            "no training data: set data.train (a COCO JSON file, a VOC or YOLO folder) or data.dataset (a dataset YAML)"
+        )
+    train_data = read_split(config, train_path, "train")
+    if not val_path:
+        return train_data, None
+    # VOC and YOLO name classes, not ids: the val split is read with the train split's classes, so a class that
+    # only val has is an error naming it. COCO splits carry their own categories, compared below.
+    val_data = read_split(config, val_path, "val", None if train_data.format == "coco" else train_data.class_names)
+    if (val_data.category_ids, val_data.class_names) != (train_data.category_ids, train_data.class_names):
         differences = sorted(
             set(zip(train_data.category_ids, train_data.class_names)) ^ set(zip(val_data.category_ids, val_data.class_names))
         )
         raise InvalidAnnotation(
-            f"{config.data.train} and {config.data.val} disagree on categories: (id, name) pairs in only one of them: {differences}"
+            f"{train_path} and {val_path} disagree on categories: (id, name) pairs in only one of them: {differences}"
         )
     return train_data, val_data
 
@@ -188,6 +219,24 @@ def evaluate(model: nn.Module, data: DetectionData, config: Config, device: torc
 
 
 # ------------------------------------------------------------------------------------------------- training
+
+
+def training_dataset(config: Config, data: DetectionData) -> DetectionDataset:
+    """The training split as the loop sees it: `data.*`'s resize mode, augmentation and mosaic, seeded by `train.seed`."""
+    data_config = config.data
+    size = max(data_config.train_sizes)
+    return DetectionDataset(
+        data,
+        train_transforms(
+            data_config.train_sizes, data_config.max_size, data_config.horizontal_flip, data_config.photometric,
+            resize=data_config.resize, scale_range=data_config.scale_range, min_box_size=data_config.min_box_size,
+        ),
+        largest_input(size, data_config.max_size, data_config.resize, data_config.scale_range),
+        seed=config.train.seed,
+        mosaic_probability=data_config.mosaic,
+        mosaic_size=size,
+        min_box_size=data_config.min_box_size,
+    )
 
 
 @dataclass
@@ -268,20 +317,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     remove_stale_temporaries(run_folder)
     atomic_write_text(run_folder / "config.yaml", dump_yaml(config))
 
-    data_config = config.data
-    size = max(data_config.train_sizes)
-    dataset = DetectionDataset(
-        train_data,
-        train_transforms(
-            data_config.train_sizes, data_config.max_size, data_config.horizontal_flip, data_config.photometric,
-            resize=data_config.resize, scale_range=data_config.scale_range, min_box_size=data_config.min_box_size,
-        ),
-        largest_input(size, data_config.max_size, data_config.resize, data_config.scale_range),
-        seed=config.train.seed,
-        mosaic_probability=data_config.mosaic,
-        mosaic_size=size,
-        min_box_size=data_config.min_box_size,
-    )
+    dataset = training_dataset(config, train_data)
     batches_per_epoch = math.ceil(len(dataset) / config.train.batch_size)
     total_steps = batches_per_epoch * config.train.epochs
     time_limit = config.train.time_limit * 60.0

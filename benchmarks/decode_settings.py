@@ -6,7 +6,7 @@ to docs/benchmarks.md.
 
     python benchmarks/decode_settings.py runs/benchmarks/cn_raccoon_imagenet --dataset raccoon
     python benchmarks/decode_settings.py runs/benchmarks/cn_bccd_imagenet --dataset bccd --nms 0 0.5 0.6
-    python benchmarks/decode_settings.py runs/benchmarks/cc_raccoon_imagenet --dataset raccoon --flip off
+    python benchmarks/decode_settings.py runs/benchmarks/cc_raccoon_imagenet --dataset raccoon --flip off --nms 0 0.5 --soft-nms 0.5
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a CenterNet or CornerNet run folder (its weights/best.safetensors is evaluated)")
     parser.add_argument("--dataset", required=True, choices=["synthetic", "raccoon", "bccd"])
     parser.add_argument("--nms", type=float, nargs="+", default=[0.0, 0.6], help="NMS IoU thresholds to try (0 = none)")
+    parser.add_argument("--soft-nms", type=float, nargs="*", default=[], help="CornerNet: Gaussian soft-NMS sigmas to try as well")
     parser.add_argument("--flip", choices=["off", "on", "both"], default="both")
     args = parser.parse_args()
 
@@ -41,15 +42,21 @@ def main() -> None:
     flips = {"off": [False], "on": [True], "both": [False, True]}[args.flip]
     if family == "cornernet" and flips != [False]:
         raise SystemExit("CornerNet has no flip test: pass --flip off")
+    if family == "centernet" and args.soft_nms:
+        raise SystemExit("--soft-nms is a CornerNet setting")
+    settings = [(nms_threshold, 0.0) for nms_threshold in args.nms] + [(0.0, sigma) for sigma in args.soft_nms]
     rows = []
     for flip_test in flips:
-        for nms_threshold in args.nms:
+        for nms_threshold, soft_nms_sigma in settings:
             if family == "centernet":
                 detector.model.config.flip_test = flip_test
+            else:
+                detector.model.config.soft_nms_sigma = soft_nms_sigma
             detector.model.config.nms_threshold = nms_threshold
             result, _ = evaluate(detector.model, data, detector.config, torch.device("cpu"), progress=False)
             row = {
                 "nms_threshold": nms_threshold,
+                "soft_nms_sigma": soft_nms_sigma,
                 "flip_test": flip_test,
                 "mAP": round(result.stats["mAP"], 4),
                 "AP50": round(result.stats["AP50"], 4),

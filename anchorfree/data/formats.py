@@ -130,16 +130,16 @@ def _coco_files(folder: Path) -> list[Path]:
 def resolve_split(path: str | Path, split: str | None, data_format: str = "") -> tuple[Path, str, DatasetSpec | None]:
     """(path of the split's annotations, its format, the dataset YAML when there is one) for `path` and `split`."""
     path = Path(path)
-    data_format = data_format or detect_format(path)
     spec = None
-    if data_format == "yaml":
+    if path.suffix.lower() in (".yaml", ".yml"):
         spec = read_dataset_yaml(path)
         split = split or "train"
         if split not in spec.splits:
             raise InvalidAnnotation(f"{path}: no '{split}' split (it has {', '.join(spec.splits)})")
         path = spec.splits[split]
-        data_format = spec.format or detect_format(path)
-    elif data_format == "coco" and path.is_dir():
+        data_format = data_format or spec.format
+    data_format = data_format or detect_format(path)
+    if data_format == "coco" and path.is_dir():
         files = _coco_files(path)
         matching = [file for file in files if split is not None and file.stem in (split, f"instances_{split}")]
         if len(matching) == 1:
@@ -207,8 +207,9 @@ def dataset_splits(path: str | Path, data_format: str = "") -> dict[str, tuple[P
                 split_path, split_format, _ = resolve_split(path, split, data_format)
             except InvalidAnnotation:
                 continue
-            distinct = split_path != path or (split_format == "voc" and (path / "ImageSets" / "Main" / f"{split}.txt").is_file())
-            if distinct and split_path not in [value[0] for value in found.values()]:
+            # A devkit's splits share its root and differ by their ImageSets/Main/<split>.txt.
+            listed = split_format == "voc" and (path / "ImageSets" / "Main" / f"{split}.txt").is_file()
+            if listed or (split_path != path and split_path not in [value[0] for value in found.values()]):
                 found[split] = (split_path, split_format)
         if found:
             return found

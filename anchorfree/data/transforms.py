@@ -14,7 +14,8 @@ aspect ratio; `resize` picks one of three ways (the `data.resize` setting):
   clipped to the window; as in both papers' code, a cut box is kept whatever fraction of it remains, as long as
   both its sides are at least `min_box_size` pixels.
 
-Padding is the ImageNet mean colour, which normalises to ~0: the same value the model pads batches with.
+Padding is the ImageNet mean colour, which normalises to ~0: the value the model pads batches with (in "crop"
+training, colour distortion comes after the crop and shifts it a little, as it does the image).
 Mosaic (four images in a 2x2 layout) needs other samples, so `DetectionDataset` builds it with `mosaic` below
 before the sample enters the pipeline.
 """
@@ -64,7 +65,9 @@ def train_transforms(
     if horizontal_flip > 0:
         flip_and_colour.append(v2.RandomHorizontalFlip(p=horizontal_flip))
     if photometric:
-        flip_and_colour.append(v2.RandomPhotometricDistort(brightness=(0.75, 1.25), contrast=(0.75, 1.25), saturation=(0.7, 1.3), hue=(-0.03, 0.03), p=0.5))
+        flip_and_colour.append(
+            v2.RandomPhotometricDistort(brightness=(0.75, 1.25), contrast=(0.75, 1.25), saturation=(0.7, 1.3), hue=(-0.03, 0.03), p=0.5)
+        )
     smallest_box = 1.0
     if resize == "shorter":
         steps = [v2.RandomShortestSize(min_size=list(sizes), max_size=max_size, antialias=True), *flip_and_colour]
@@ -76,7 +79,12 @@ def train_transforms(
         low, high = scale_range
         scale_and_crop = _one_of(
             [
-                v2.Compose([v2.ScaleJitter((size, size), scale_range=(low, high), antialias=True), v2.RandomCrop(size, pad_if_needed=True, fill=MEAN_PIXEL)])
+                v2.Compose(
+                    [
+                        v2.ScaleJitter((size, size), scale_range=(low, high), antialias=True),
+                        v2.RandomCrop(size, pad_if_needed=True, fill=MEAN_PIXEL),
+                    ]
+                )
                 for size in sizes
             ]
         )

@@ -61,6 +61,7 @@ class CornerNetConfig:
     max_detections: int = 100
     score_threshold: float = 0.01
     nms_threshold: float = 0.0  # 0: none; > 0: class-aware NMS on the paired boxes
+    soft_nms_sigma: float = 0.0  # > 0: class-aware Gaussian soft-NMS with this sigma instead (the paper: 0.5)
 
 
 # ------------------------------------------------------------------------------------------- corner pooling
@@ -455,7 +456,9 @@ class CornerNet(nn.Module):
             boxes, scores, labels = cornernet_decode(
                 top_left, bottom_right, self.stride, config.corners_top_k, config.embedding_threshold, config.max_detections, config.peak_kernel
             )
-            return select_detections(boxes, scores, labels, image_sizes, config.score_threshold, config.nms_threshold)
+            return select_detections(
+                boxes, scores, labels, image_sizes, config.score_threshold, config.nms_threshold, config.soft_nms_sigma
+            )
 
         check_targets(targets, len(image_sizes))
         maps = self.feature_maps(batch)

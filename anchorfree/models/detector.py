@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
+from anchorfree.ops.boxes import soft_nms
+
 
 def batch_images(images: torch.Tensor | list[torch.Tensor], size_divisor: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Pad images into one (N, 3, H, W) batch whose sides are multiples of `size_divisor`.
@@ -107,11 +109,14 @@ def select_detections(
     image_sizes: list[tuple[int, int]],
     score_threshold: float,
     nms_threshold: float = 0.0,
+    soft_nms_sigma: float = 0.0,
 ) -> list[dict[str, torch.Tensor]]:
     """From a static-shape decode to the per-image detections of the contract.
 
     Keeps scores above `score_threshold`, clips boxes to each image, and with `nms_threshold` > 0 applies
-    class-aware NMS (`torchvision.ops.batched_nms`); the order by score is kept.
+    class-aware NMS (`torchvision.ops.batched_nms`), or with `soft_nms_sigma` > 0 class-aware Gaussian soft-NMS
+    (`anchorfree.ops.boxes.soft_nms`, scores decayed, boxes at or below `score_threshold` dropped) instead; the
+    order by score is kept.
 
     Args:
         boxes: (N, D, 4) x1, y1, x2, y2 in input pixels; scores: (N, D) sorted descending; labels: (N, D).
@@ -122,7 +127,10 @@ def select_detections(
         keep = scores[image_index] > score_threshold
         image_boxes = clip_boxes_to_image(boxes[image_index, keep], (height, width))
         image_scores, image_labels = scores[image_index, keep], labels[image_index, keep]
-        if nms_threshold > 0:
+        if soft_nms_sigma > 0:
+            kept, image_scores = soft_nms(image_boxes, image_scores, image_labels, soft_nms_sigma, score_threshold)
+            image_boxes, image_labels = image_boxes[kept], image_labels[kept]
+        elif nms_threshold > 0:
             kept = batched_nms(image_boxes, image_scores, image_labels, nms_threshold)  # sorted by score
             image_boxes, image_scores, image_labels = image_boxes[kept], image_scores[kept], image_labels[kept]
         detections.append({"boxes": image_boxes, "scores": image_scores, "labels": image_labels})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torchvision.ops import box_iou
 
 
 def distances_to_boxes(points: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
@@ -41,3 +42,37 @@ def boxes_to_distances(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tenso
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
     """(..., 4) boxes -> (...) areas in square pixels (0 for degenerate boxes)."""
     return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+
+
+def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, sigma: float = 0.5, score_threshold: float = 0.001) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian soft-NMS (Bodla et al., 2017), class-aware: instead of removing a box that overlaps a higher
+    scoring box of its class, decay its score by exp(-IoU^2 / sigma), greedily from the highest score down.
+
+    Args:
+        boxes: (D, 4) x1, y1, x2, y2; scores: (D,); labels: (D,).
+        sigma: the Gaussian's width; smaller decays overlapping boxes harder.
+        score_threshold: boxes whose decayed score falls to this or below are dropped.
+
+    Returns:
+        (K,) indices into the inputs, in the order picked (descending decayed score), and their (K,) decayed scores.
+    """
+    if boxes.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device), scores.new_zeros(0)
+    # Shift each class to its own region so that boxes of different classes never overlap (as batched_nms does).
+    offsets = labels.to(boxes.dtype) * (boxes.max() - boxes.min() + 1)
+    shifted = boxes + offsets[:, None]
+    overlaps = box_iou(shifted, shifted)  # (D, D)
+    scores = scores.clone()
+    remaining = torch.ones_like(scores, dtype=torch.bool)
+    picked = []
+    for _ in range(boxes.shape[0]):
+        candidates = torch.where(remaining, scores, torch.full_like(scores, -1.0))
+        best = int(candidates.argmax())
+        if float(candidates[best]) <= score_threshold:
+            break
+        picked.append(best)
+        remaining[best] = False
+        decay = torch.exp(-overlaps[best].square() / sigma)
+        scores = torch.where(remaining, scores * decay, scores)
+    indices = torch.tensor(picked, dtype=torch.long, device=boxes.device)
+    return indices, scores[indices]
