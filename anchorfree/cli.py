@@ -6,6 +6,9 @@
     anchorfree val runs/fcos_cpu/weights/best.safetensors [--data val.json]
     anchorfree predict runs/fcos_cpu/weights/best.safetensors images/ --out runs/predict
     anchorfree data synth --out shapes --train 800 --val 200 --seed 0
+    anchorfree data check coco/ [--strict] [--decode] [--json runs/data_check/dataset_report.json]
+    anchorfree data convert coco/ --to yolo --out shapes_yolo [--images copy|symlink|none]
+    anchorfree data show coco/ [--split val] [--out runs/data_show/val.png] [--count 16] [--seed 0]
     anchorfree presets [NAME]                           # list presets, or print one resolved
 """
 
@@ -17,10 +20,12 @@ import sys
 from pathlib import Path
 
 from anchorfree import api
-from anchorfree.checkpoint import CheckpointError
+from anchorfree.checkpoint import CheckpointError, atomic_write_text
 from anchorfree.config import PRESETS, ConfigError, all_keys, dump_yaml, get_preset
+from anchorfree.data.formats import FORMATS, convert_dataset
 from anchorfree.data.images import ImageLoadError
 from anchorfree.data.records import InvalidAnnotation
+from anchorfree.data.report import dataset_report, format_report, show_dataset
 from anchorfree.data.synth import write_synthetic_dataset
 from anchorfree.engine import NonFiniteLoss, TrainingInterrupted
 
@@ -61,6 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--train", type=int, default=800, help="training images (default: 800)")
     synth.add_argument("--val", type=int, default=200, help="validation images (default: 200)")
     synth.add_argument("--seed", type=int, default=0)
+    check = data_commands.add_parser("check", help="statistics and problems of every split of a dataset (exit 1 on problems)")
+    check.add_argument("path", help="a COCO JSON, a VOC or YOLO folder, a dataset YAML, or a folder holding them")
+    check.add_argument("--strict", action="store_true", help="stop at the first problem with an error (on_invalid=error; exit 2)")
+    check.add_argument("--decode", action="store_true", help="also decode every image in full (slower; finds corrupt image data)")
+    check.add_argument("--json", default="runs/data_check/dataset_report.json", help="report file (default: %(default)s)")
+    convert = data_commands.add_parser("convert", help="write a dataset (every split) in another format; the source is only read")
+    convert.add_argument("path", help="a COCO JSON, a VOC or YOLO folder, a dataset YAML, or a folder holding them")
+    convert.add_argument("--to", required=True, choices=FORMATS, help="the format to write")
+    convert.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    convert.add_argument("--images", default="copy", choices=("copy", "symlink", "none"), help="copy, symlink or none (default: copy)")
+    show = data_commands.add_parser("show", help="draw the ground-truth boxes of sample images on one PNG grid")
+    show.add_argument("path", help="a COCO JSON, a VOC or YOLO folder, a dataset YAML, or a folder holding them")
+    show.add_argument("--split", help="train, val or test (default: train, else the first split)")
+    show.add_argument("--out", help="the PNG to write (default: runs/data_show/<split>.png)")
+    show.add_argument("--count", type=int, default=16, help="images to draw (default: 16)")
+    show.add_argument("--seed", type=int, default=0, help="seed of the image sample (default: 0)")
+    for command in (check, convert, show):
+        command.add_argument("--format", default="", choices=FORMATS, help="the source format (default: detected)")
+        command.add_argument("--names", nargs="+", help="class names in label order (VOC, YOLO; checked against COCO categories)")
 
     presets = commands.add_parser("presets", help="list presets, or print one fully resolved")
     presets.add_argument("name", nargs="?")
@@ -103,6 +127,22 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "data" and args.data_command == "synth":
         folder = write_synthetic_dataset(args.out, args.train, args.val, args.seed)
         print(f"wrote {folder} (instances_train.json, instances_val.json, images/)")
+        return 0
+    if args.command == "data" and args.data_command == "check":
+        report = dataset_report(args.path, args.format, args.names, "error" if args.strict else "skip", decode=args.decode)
+        print(format_report(report))
+        atomic_write_text(args.json, json.dumps(report, indent=2))
+        print(f"report: {args.json}")
+        return 0 if report["ok"] else 1
+    if args.command == "data" and args.data_command == "convert":
+        target = convert_dataset(args.path, args.to, args.out, args.images, args.format, args.names)
+        key = "data.dataset" if target.suffix == ".yaml" else "data.train"
+        print(f"wrote {args.out} ({args.to}); train with: anchorfree train {key}={target}")
+        return 0
+    if args.command == "data" and args.data_command == "show":
+        out = args.out or Path("runs/data_show") / f"{args.split or 'train'}.png"
+        out = show_dataset(args.path, out, args.split, args.count, seed=args.seed, data_format=args.format, class_names=args.names)
+        print(f"wrote {out}")
         return 0
     if args.command == "presets":
         if args.name is None:

@@ -10,6 +10,7 @@ on_invalid="error". Crowd boxes become ignore regions; images without annotation
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from anchorfree.data.cache import ImageInfoCache, content_hash
 from anchorfree.data.images import MAX_IMAGE_PIXELS
 from anchorfree.data.records import DetectionData, InvalidAnnotation, ProblemLog, build_record, check_image, join_inside
 
+LOGGER = logging.getLogger(__name__)
 
-def find_image_root(annotation_file: Path, file_name: str) -> Path:
+
+def find_image_root(annotation_file: Path, file_name: str, image_id: int | None = None) -> Path:
     """Where `file_name` is relative to: `images/` beside the JSON, `images/` one level up, or the JSON's folder."""
     folder = annotation_file.parent
     candidates = [folder / "images", folder.parent / "images", folder]
@@ -28,7 +31,8 @@ def find_image_root(annotation_file: Path, file_name: str) -> Path:
         if (candidate / file_name).is_file():
             return candidate
     tried = ", ".join(str(candidate / file_name) for candidate in candidates)
-    raise InvalidAnnotation(f"{annotation_file}: cannot find image {file_name!r} (tried {tried}); pass the image folder as data.images")
+    image = f"image_id={image_id}: " if image_id is not None else ""
+    raise InvalidAnnotation(f"{annotation_file}: {image}cannot find image {file_name!r} (tried {tried}); pass the image folder as data.images")
 
 
 def read_coco(
@@ -75,6 +79,8 @@ def read_coco(
     if not category_ids:
         raise InvalidAnnotation(f"{annotation_file}: 'categories' is empty")
     label_of = {category_id: label for label, category_id in enumerate(category_ids)}
+    if category_ids != list(range(1, len(category_ids) + 1)) and category_ids != list(range(len(category_ids))):
+        LOGGER.info("%s: category ids %s map to labels 0..%d in that order (mapped back in every result)", annotation_file, category_ids, len(category_ids) - 1)
     class_names = [str(category.get("name", category["id"])) for category in categories]
 
     images: dict[int, dict] = {}
@@ -91,7 +97,7 @@ def read_coco(
     problems = ProblemLog(annotation_file, on_invalid)
     seen_annotation_ids: set = set()
     per_image: dict[int, list[tuple[int, np.ndarray, int, bool]]] = {image_id: [] for image_id in images}
-    orphans = 0
+    orphans: list[str] = []  # "annotation id=.. image_id=.." of annotations whose image is not in 'images'
     for index, annotation in enumerate(annotations):
         annotation_id = annotation.get("id", f"#{index}")
         where = f"{annotation_file}: annotation id={annotation_id}"
@@ -100,7 +106,7 @@ def read_coco(
         seen_annotation_ids.add(annotation_id)
         image = images.get(annotation.get("image_id"))
         if image is None:
-            orphans += 1
+            orphans.append(f"annotation id={annotation_id} image_id={annotation.get('image_id')!r}")
             continue
         where = f"{annotation_file}: image_id={image['id']} ({image['file_name']}) annotation id={annotation_id}"
         category_id = annotation.get("category_id")
@@ -110,7 +116,8 @@ def read_coco(
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in bbox):
             raise InvalidAnnotation(f"{where}: bbox {bbox!r} must be 4 numbers [x, y, width, height]")
         if not all(math.isfinite(value) for value in bbox):
-            raise InvalidAnnotation(f"{where}: bbox {bbox} contains NaN or inf")
+            field_name = ("x", "y", "width", "height")[next(i for i, value in enumerate(bbox) if not math.isfinite(value))]
+            raise InvalidAnnotation(f"{where}: bbox {bbox} has {field_name} = {bbox[('x', 'y', 'width', 'height').index(field_name)]} (NaN or inf)")
         x, y, width, height = (float(value) for value in bbox)
         if width < 0 or height < 0:
             raise InvalidAnnotation(f"{where}: bbox {bbox} has negative width or height; COCO boxes are [x, y, width, height]")
@@ -122,15 +129,17 @@ def read_coco(
         per_image[image["id"]].append((annotation_id, f"annotation id={annotation_id}", box, label_of[category_id], crowd))
 
     if orphans:
-        problems.counts["annotation for an unknown image_id"] = orphans
-        problems.examples["annotation for an unknown image_id"] = [f"{orphans} annotation(s) refer to image ids not in 'images'"]
+        kind = "annotation for an unknown image_id"
+        message = f"{annotation_file}: {len(orphans)} annotation(s) refer to image ids not in 'images', e.g. {orphans[0]}"
+        problems.report(kind, message, hint="Use on_invalid=skip to ignore them with a warning.")
+        problems.counts[kind] = len(orphans)
 
     records = []
     root = Path(image_root) if image_root is not None else None
     cache = ImageInfoCache(content_hash(content, str(annotation_file.resolve()), str(root)), max_image_pixels)
     for image_id, image in images.items():
         if root is None:
-            root = find_image_root(annotation_file, image["file_name"])
+            root = find_image_root(annotation_file, image["file_name"], image_id)
         where = f"{annotation_file}: image_id={image_id} ({image['file_name']})"
         path = _safe_join(root, image["file_name"], annotation_file, image_id)
         size = check_image(path, (image.get("width"), image.get("height")), cache, problems, where, trust_image_size)

@@ -106,7 +106,9 @@ def inspect_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple
                     if handle.read(2) != b"\xff\xd9":
                         raise ImageLoadError(f"{path}: truncated JPEG (no end-of-image marker); the file is corrupt or incomplete")
             else:
-                image.verify()
+                # Pillow's verify() must come straight after open (getexif() above has already read chunks).
+                with Image.open(path) as fresh:
+                    fresh.verify()
     except Image.DecompressionBombError as error:
         raise ImageLoadError(f"{path}: {error}") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:

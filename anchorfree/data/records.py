@@ -114,7 +114,7 @@ class ProblemLog:
     def warn_summary(self) -> None:
         if not self.counts:
             return
-        lines = [f"{self.source}: skipped {sum(self.counts.values())} annotation(s) or image(s):"]
+        lines = [f"{self.source}: {sum(self.counts.values())} annotation or image problem(s), skipped unless the kind says otherwise:"]
         for kind, count in sorted(self.counts.items()):
             lines.append(f"  {kind}: {count}, e.g. {self.examples[kind][0]}")
         warnings.warn("\n".join(lines), stacklevel=3)
@@ -150,7 +150,11 @@ def build_record(
             continue
         key = (*clipped.tolist(), int(label), bool(crowd))
         if key in seen:
-            problems.note("duplicate box", f"{where} {reference}: box {box.tolist()} repeats an earlier box of the same class")
+            problems.report(
+                "duplicate box",
+                f"{where} {reference}: box {box.tolist()} repeats an earlier box of the same class",
+                hint="Use on_invalid=skip to drop repeated boxes with a warning.",
+            )
             continue
         seen.add(key)
         boxes.append(clipped)
@@ -206,7 +210,7 @@ def check_image(
                 f"orientation ({path}); fix the annotation (an EXIF-rotated photo is the usual cause) or set data.trust_image_size=true "
                 "to use the file's size"
             )
-        problems.note("recorded size differs from the image", f"{where}: recorded {recorded_width}x{recorded_height}, file {width}x{height}")
+        problems.note("recorded size differs from the image (the file's size is used)", f"{where}: recorded {recorded_width}x{recorded_height}, file {width}x{height}")
     return width, height
 
 

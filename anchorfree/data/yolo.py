@@ -153,12 +153,14 @@ def _parse_row(labels_file: Path, line_number: int, line: str, num_classes: int)
     tokens = line.split()
     if len(tokens) != 5 and (len(tokens) < 7 or len(tokens) % 2 == 0):
         raise InvalidAnnotation(f"{where}: {len(tokens)} columns in {line.strip()!r}; YOLO rows are 'class cx cy w h' (5 columns) or a polygon 'class x1 y1 x2 y2 ...'")
-    try:
-        values = [float(token) for token in tokens]
-    except ValueError:
-        raise InvalidAnnotation(f"{where}: non-numeric value in {line.strip()!r}") from None
-    if not all(math.isfinite(value) for value in values):
-        raise InvalidAnnotation(f"{where}: NaN or inf in {line.strip()!r}")
+    values = []
+    for column, token in enumerate(tokens, start=1):
+        try:
+            values.append(float(token))
+        except ValueError:
+            raise InvalidAnnotation(f"{where}: column {column} of {len(tokens)} is {token!r}, not a number, in {line.strip()!r}") from None
+        if not math.isfinite(values[-1]):
+            raise InvalidAnnotation(f"{where}: column {column} of {len(tokens)} is {token!r} (NaN or inf) in {line.strip()!r}")
     label = values[0]
     if not label.is_integer() or not 0 <= label < num_classes:
         raise InvalidAnnotation(f"{where}: class {tokens[0]} is not a class index below the number of classes nc={num_classes}")

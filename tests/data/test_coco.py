@@ -58,7 +58,7 @@ def test_crowd_boxes_are_flagged_and_images_without_boxes_are_kept(tmp_path: Pat
 
 def test_zero_size_box_is_skipped_with_a_counted_warning_or_raised_under_error(tmp_path: Path) -> None:
     path = write_dataset(tmp_path, [box(41, 7, 1, [1, 2, 0, 20]), box(42, 7, 1, [1, 2, 5, 5])])
-    with pytest.warns(UserWarning, match="skipped 1 annotation"):
+    with pytest.warns(UserWarning, match="1 annotation or image problem"):
         data = read_coco(path)
     assert data.records[0].annotation_ids == [42]
     assert data.problems == {"zero-size box": 1}

@@ -1,0 +1,303 @@
+"""What a dataset holds and what is wrong with it, before any training: `anchorfree data check` and `data show`.
+
+    report = dataset_report("coco/")          # every split the path holds, read as training would read it
+    print(format_report(report))              # a table per split: images, boxes per class and size, problems
+    show_dataset("coco/", "train.png")        # a grid of sample images with their ground-truth boxes drawn
+
+The report reads each split with the same readers (and the same per-box rules) as training, so its problems are
+exactly what training would skip with a warning, or refuse under `on_invalid="error"`. Structural errors
+(`InvalidAnnotation`, `ImageLoadError`) are not caught: a dataset that training would refuse has no report.
+Only files under our own cache folder and the given output paths are written; the dataset is only read.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+from anchorfree.checkpoint import atomic_write_bytes
+from anchorfree.data.formats import dataset_splits, detect_format, read_dataset
+from anchorfree.data.images import ImageLoadError, load_image
+from anchorfree.data.records import DetectionData, ImageRecord, InvalidAnnotation
+
+# COCO's size ranges, on box area in pixels of the (EXIF-oriented) image: small < 32^2 <= medium < 96^2 <= large.
+SIZE_RANGES = (("small", 32**2), ("medium", 96**2), ("large", float("inf")))
+DECODE_PROBLEM = "image fails to decode"
+MAX_EXAMPLES = 3  # as the readers' ProblemLog keeps
+# One colour per class (cycled), none of them grey, which is kept for crowd / difficult (ignore) boxes.
+CLASS_COLOURS = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (255, 225, 25),
+    (0, 128, 128),
+    (170, 110, 40),
+    (128, 0, 0),
+)
+IGNORE_COLOUR = (160, 160, 160)
+_LIBRARY_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)  # about our dependencies, not the data
+_SUMMARY_WARNING = re.compile(r": skipped \d+ annotation\(s\) or image\(s\):$")
+
+
+def class_colour(label: int) -> tuple[int, int, int]:
+    """The RGB colour `show_dataset` draws class `label` (a contiguous class index) with."""
+    return CLASS_COLOURS[label % len(CLASS_COLOURS)]
+
+
+def dataset_report(
+    path: str | Path,
+    data_format: str = "",
+    class_names: list[str] | None = None,
+    on_invalid: str = "skip",
+    decode: bool = False,
+) -> dict[str, Any]:
+    """Statistics and problems of every split at `path` (a COCO JSON, a VOC or YOLO folder, a dataset YAML, or a
+    folder holding several splits), as a JSON-ready dict.
+
+    Args:
+        path: what `read_dataset` accepts; every split `dataset_splits` finds is read.
+        data_format: "coco", "voc" or "yolo"; detected when empty.
+        class_names: the classes in label order (VOC, YOLO; checked against COCO's categories).
+        on_invalid: "skip" counts per-box problems and unusable images; "error" raises InvalidAnnotation on the first.
+        decode: also decode every image in full (`load_image`); the readers only check headers and JPEG end
+            markers. A failure is a problem of kind "image fails to decode" (raised under on_invalid="error").
+
+    Returns:
+        {"path", "format" (detected: coco | voc | yolo | yaml), "class_names", "decoded", "ok", "splits": {split:
+        {"path", "format", "images", "images_without_objects", "boxes", "crowd_boxes", "boxes_per_class",
+        "box_sizes", "box_sizes_per_class", "image_sizes", "problems": {kind: {"count", "examples"}},
+        "warnings"}}}. Box sizes are COCO's small / medium / large counts; crowd boxes are included in every
+        count. "ok" is true when no split has a problem or a reader warning.
+
+    Raises:
+        InvalidAnnotation, ImageLoadError: structural errors (as training would raise them), and any problem
+        under on_invalid="error".
+    """
+    splits: dict[str, dict[str, Any]] = {}
+    names: list[str] = []
+    decoded: dict[Path, str | None] = {}  # image path -> decode error (None: fine); an image shared by splits is decoded once
+    for split, data, texts in _read_splits(path, data_format, class_names, on_invalid):
+        names = names or data.class_names
+        summary = _split_summary(data)
+        if decode:
+            for record in data.records:
+                if record.path not in decoded:
+                    decoded[record.path] = _decode_error(record.path, on_invalid)
+                if decoded[record.path] is not None:
+                    _add_problem(summary["problems"], DECODE_PROBLEM, f"{record.file_name}: {decoded[record.path]}")
+        summary["warnings"] = texts
+        splits[split] = summary
+    ok = all(not summary["problems"] and not summary["warnings"] for summary in splits.values())
+    return {
+        "path": str(path),
+        "format": "yaml" if _is_yaml(path) else data_format or detect_format(path),
+        "class_names": names,
+        "decoded": decode,
+        "ok": ok,
+        "splits": splits,
+    }
+
+
+def _read_splits(
+    path: str | Path, data_format: str, class_names: list[str] | None, on_invalid: str, last: str | None = None
+) -> Iterator[tuple[str, DetectionData, list[str]]]:
+    """(split, its data, the reader's warning texts) for each split at `path`, in train, val, test order, up to
+    `last`. VOC and YOLO splits after the first are read with the first one's classes (as training reads val), so
+    a class only one split has is an error naming it; COCO splits must agree on their categories."""
+    first: DetectionData | None = None
+    for split, (split_path, split_format) in _dataset_splits(path, data_format).items():
+        names = class_names or (first.class_names if first is not None and split_format != "coco" else None)
+        # A dataset YAML is read through itself, so its `names` and `images` apply.
+        source, source_format = (path, data_format) if _is_yaml(path) else (split_path, split_format)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = read_dataset(source, split, source_format, names, on_invalid=on_invalid)
+        texts = [str(warning.message) for warning in caught if not issubclass(warning.category, _LIBRARY_WARNINGS)]
+        if first is None:
+            first = data
+        elif (data.category_ids, data.class_names) != (first.category_ids, first.class_names):
+            differences = sorted(set(zip(first.category_ids, first.class_names)) ^ set(zip(data.category_ids, data.class_names)))
+            raise InvalidAnnotation(
+                f"{first.source} and {data.source} disagree on categories: (id, name) pairs in only one of them: {differences}"
+            )
+        yield split, data, texts
+        if split == last:
+            return
+
+
+def _is_yaml(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in (".yaml", ".yml")
+
+
+def _dataset_splits(path: str | Path, data_format: str) -> dict[str, tuple[Path, str]]:
+    """`dataset_splits`, where a dataset YAML stays a YAML when a format is given (it is then its splits' format)."""
+    return dataset_splits(path, "yaml" if _is_yaml(path) else data_format)
+
+
+def _split_summary(data: DetectionData) -> dict[str, Any]:
+    """The counts of one split (see `dataset_report`)."""
+    sizes = [name for name, _ in SIZE_RANGES]
+    per_class = {name: 0 for name in data.class_names}
+    sizes_per_class = {name: dict.fromkeys(sizes, 0) for name in data.class_names}
+    without_objects = crowd = 0
+    for record in data.records:
+        without_objects += len(record.boxes) == 0
+        crowd += int(record.iscrowd.sum())
+        areas = (record.boxes[:, 2] - record.boxes[:, 0]) * (record.boxes[:, 3] - record.boxes[:, 1])  # (M,)
+        for area, label in zip(areas.tolist(), record.labels.tolist()):
+            name = data.class_names[label]
+            per_class[name] += 1
+            sizes_per_class[name][next(size for size, limit in SIZE_RANGES if area < limit)] += 1
+    widths = [record.width for record in data.records]
+    heights = [record.height for record in data.records]
+    problems = {
+        kind: {"count": int(count), "examples": list(data.problem_examples.get(kind, []))} for kind, count in sorted(data.problems.items())
+    }
+    return {
+        "path": str(data.source),
+        "format": data.format,
+        "images": len(data.records),
+        "images_without_objects": int(without_objects),
+        "boxes": sum(per_class.values()),
+        "crowd_boxes": int(crowd),
+        "boxes_per_class": per_class,
+        "box_sizes": {size: sum(counts[size] for counts in sizes_per_class.values()) for size in sizes},
+        "box_sizes_per_class": sizes_per_class,
+        "image_sizes": {
+            "min_width": min(widths, default=None),
+            "max_width": max(widths, default=None),
+            "min_height": min(heights, default=None),
+            "max_height": max(heights, default=None),
+        },
+        "problems": problems,
+        "warnings": [],
+    }
+
+
+def _decode_error(path: Path, on_invalid: str) -> str | None:
+    """Why the image at `path` fails a full decode, or None when it decodes."""
+    try:
+        load_image(path)
+    except ImageLoadError as error:
+        if on_invalid == "error":
+            raise
+        return str(error)
+    return None
+
+
+def _add_problem(problems: dict[str, dict[str, Any]], kind: str, message: str) -> None:
+    entry = problems.setdefault(kind, {"count": 0, "examples": []})
+    entry["count"] += 1
+    if len(entry["examples"]) < MAX_EXAMPLES:
+        entry["examples"].append(message)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """`dataset_report`'s result as text: a table per split (boxes per class by size), then its problems."""
+    names = report["class_names"]
+    lines = [f"{report['path']}: {report['format']}, {len(names)} {'class' if len(names) == 1 else 'classes'}: {', '.join(names)}"]
+    width = max([len("class"), len("all"), *(len(name) for name in names)])
+    for split, summary in report["splits"].items():
+        sizes = summary["image_sizes"]
+        lines.append("")
+        lines.append(f"{split} ({summary['format']}, {summary['path']})")
+        lines.append(f"  images {summary['images']} ({summary['images_without_objects']} without objects)")
+        if summary["images"]:
+            widths, heights = f"{sizes['min_width']}-{sizes['max_width']}", f"{sizes['min_height']}-{sizes['max_height']}"
+            lines.append(f"  image sizes: width {widths} px, height {heights} px")
+        lines.append(f"  boxes {summary['boxes']} ({summary['crowd_boxes']} crowd / ignore)")
+        lines.append(f"  {'class':<{width}}  {'boxes':>7}  {'small':>7}  {'medium':>7}  {'large':>7}")
+        rows = [(name, summary["boxes_per_class"][name], summary["box_sizes_per_class"][name]) for name in summary["boxes_per_class"]]
+        rows.append(("all", summary["boxes"], summary["box_sizes"]))
+        for name, count, by_size in rows:
+            lines.append(f"  {name:<{width}}  {count:>7}  {by_size['small']:>7}  {by_size['medium']:>7}  {by_size['large']:>7}")
+        if summary["problems"]:
+            lines.append("  problems:")
+            for kind, problem in summary["problems"].items():
+                example = problem["examples"][0] if problem["examples"] else ""
+                lines.append(f"    {kind}: {problem['count']}" + (f", e.g. {example}" if example else ""))
+        # The readers' summary warnings repeat the problems above; any other warning is shown in full.
+        for text in summary["warnings"]:
+            if not _SUMMARY_WARNING.search(text.split("\n", 1)[0]):
+                lines.append(f"  warning: {text}")
+    problems = sum(problem["count"] for summary in report["splits"].values() for problem in summary["problems"].values())
+    lines.append("")
+    if report["ok"]:
+        lines.append("ok: no problems found" + (" (every image decoded)" if report["decoded"] else ""))
+    else:
+        lines.append(f"problems found: {problems} skipped annotation(s) or image(s); training skips them (on_invalid=error refuses them)")
+    return "\n".join(lines)
+
+
+def show_dataset(
+    path: str | Path,
+    out_png: str | Path,
+    split: str | None = None,
+    count: int = 16,
+    columns: int = 4,
+    seed: int = 0,
+    data_format: str = "",
+    class_names: list[str] | None = None,
+    tile_size: int = 320,
+) -> Path:
+    """Draw the ground-truth boxes and class names of `count` sample images of a split on one PNG grid.
+
+    The sample is `random.Random(seed)` over the split's images (all of them when it has at most `count`), in
+    the split's order. Each image is scaled so its longer side is `tile_size` px (aspect ratio kept, boxes scaled the
+    same way) and padded at the bottom and right to a `tile_size` square; tiles sit in `columns` columns with
+    2 px white gaps (torchvision's `make_grid`; a single image is its tile alone). Boxes are drawn 2 px wide in
+    their class's colour (`class_colour`), crowd / difficult boxes in grey. The PNG is written atomically; returns its path.
+    """
+    if count < 1 or columns < 1 or tile_size < 1:
+        raise ValueError(f"count, columns and tile_size must be positive, got {count}, {columns}, {tile_size}")
+    available = _dataset_splits(path, data_format)
+    split = split or ("train" if "train" in available else next(iter(available)))
+    if split not in available:
+        raise InvalidAnnotation(f"{path}: no '{split}' split (it has {', '.join(available)})")
+    read = _read_splits(path, data_format, class_names, "skip", last=split)
+    data, texts = next((data, texts) for current, data, texts in read if current == split)
+    for text in texts:
+        warnings.warn(text, stacklevel=2)
+    if not data.records:
+        raise InvalidAnnotation(f"{path}: the '{split}' split has no usable images to show")
+    indices = sorted(random.Random(seed).sample(range(len(data.records)), min(count, len(data.records))))
+    tiles = [_draw_tile(data.records[index], data.class_names, tile_size) for index in indices]
+    grid = make_grid(tiles, nrow=columns, padding=2, pad_value=255)  # (3, rows * (tile + 2) + 2, columns * (tile + 2) + 2)
+    buffer = io.BytesIO()
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(buffer, format="PNG")  # (3, H, W) -> (H, W, 3)
+    out_png = Path(out_png)
+    atomic_write_bytes(out_png, buffer.getvalue())
+    return out_png
+
+
+def _draw_tile(record: ImageRecord, class_names: list[str], tile_size: int) -> torch.Tensor:
+    """(3, tile_size, tile_size) uint8: the record's image scaled to fit, padded bottom/right, boxes drawn."""
+    image = load_image(record.path)  # (3, H, W) uint8, EXIF applied: the frame the record's boxes are in
+    height, width = image.shape[-2:]
+    scale = tile_size / max(height, width)
+    new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
+    image = F.resize(image, [new_height, new_width], antialias=True)
+    tile = torch.zeros((3, tile_size, tile_size), dtype=torch.uint8)
+    tile[:, :new_height, :new_width] = image
+    if len(record.boxes) == 0:
+        return tile
+    boxes = torch.from_numpy(np.asarray(record.boxes, dtype=np.float32)) * torch.tensor([new_width / width, new_height / height] * 2)
+    colours = [IGNORE_COLOUR if crowd else class_colour(label) for label, crowd in zip(record.labels.tolist(), record.iscrowd.tolist())]
+    captions = [class_names[label] for label in record.labels.tolist()]
+    return draw_bounding_boxes(tile, boxes, labels=captions, colors=colours, width=2)
