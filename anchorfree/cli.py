@@ -40,14 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="fcos", choices=list(api.DEMO_PRESETS), help="detector family (default: fcos)")
     demo.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
-    train = commands.add_parser("train", help="train a detector on a COCO dataset")
+    train = commands.add_parser("train", help="train a detector (data.train=COCO JSON, VOC or YOLO folder, or data.dataset=a dataset YAML)")
     train.add_argument("--preset", default="fcos_cpu", help=f"one of: {', '.join(PRESETS)} (default: fcos_cpu)")
     train.add_argument("--resume", help="continue a run: its folder or its weights/last.safetensors")
     train.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
     val = commands.add_parser("val", help="COCO metrics of a checkpoint on a split")
     val.add_argument("weights", help="a checkpoint (.safetensors) or run folder")
-    val.add_argument("--data", help="COCO JSON of the split (default: the val split the model was trained with)")
+    val.add_argument("--data", help="the split: a COCO JSON, a VOC or YOLO folder, or a dataset YAML (default: the val split the model was trained with)")
     val.add_argument("--device", default="auto")
     val.add_argument("--save-json", help="also write the metrics to this JSON file")
 

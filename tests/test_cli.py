@@ -187,3 +187,21 @@ def test_keypoint_family_train_val_predict_through_the_cli(
     assert main(["predict", str(weights), str(images), "--out", str(out), "--conf", "0"]) == 0
     assert capsys.readouterr().out.strip() == f"predictions: {out / 'predictions.json'}"
     assert_predictions_written(out, images)
+
+
+@pytest.mark.parametrize("data_format", ["voc", "yolo"])
+def test_train_and_val_read_voc_and_yolo_through_a_dataset_yaml(data_format: str, tiny_dataset: Path, tiny_overrides, tmp_path: Path, capsys) -> None:
+    # The tiny COCO dataset (a folder with instances_train.json and instances_val.json) converted by `data convert`;
+    # training then points at the written YAML only.
+    assert main(["data", "convert", str(tiny_dataset), "--to", data_format, "--out", str(tmp_path / "a"), "--images", "symlink"]) == 0
+    assert set(yaml.safe_load((tmp_path / "a" / "data.yaml").read_text())) >= {"train", "val", "names"}
+    overrides = tiny_overrides(tmp_path / "runs", train__name="converted")
+    del overrides["data.train"], overrides["data.val"]
+    overrides["data.dataset"] = str(tmp_path / "a" / "data.yaml")
+    assert main(["train", "--preset", "fcos_cpu", *as_arguments(overrides)]) == 0
+    capsys.readouterr()
+    checkpoint = tmp_path / "runs" / "converted" / "weights" / "best.safetensors"
+    assert main(["val", str(checkpoint), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("COCO bbox: 8 images, ")
+    # The classes and their ids travel with the checkpoint: the COCO original of the val split evaluates too.
+    assert main(["val", str(checkpoint), "--device", "cpu", "--data", str(tiny_dataset / "instances_val.json")]) == 0

@@ -261,16 +261,22 @@ def convert_dataset(
         _write_yaml(out / "data.yaml", {split: f"annotations/instances_{split}.json" for split in datasets}, first.class_names, "coco")
         return out / "data.yaml"
     if to == "voc":
-        stems: dict[str, Path] = {}
+        # VOC keeps every image in one folder, named by its file name; names that repeat across subfolders
+        # (images/train/0.jpg, images/val/0.jpg) take their folders into the name (train_0.jpg).
+        all_records = [record for data in datasets.values() for record in data.records]
+        names = [Path(record.file_name).name for record in all_records]
+        if len({Path(name).stem for name in names}) < len(names):
+            names = [record.file_name.replace("/", "_") for record in all_records]
+        owners: dict[str, Path] = {}
+        for record, name in zip(all_records, names):
+            if Path(name).stem in owners and owners[Path(name).stem] != record.path:
+                raise InvalidAnnotation(f"{record.path} and {owners[Path(name).stem]} would share the VOC annotation {Path(name).stem}.xml")
+            owners[Path(name).stem] = record.path
+        flat_names = iter(names)
         for split, data in datasets.items():
-            flat = []
-            for record in data.records:
-                name = Path(record.file_name).name
-                if Path(name).stem in stems and stems[Path(name).stem] != record.path:
-                    raise InvalidAnnotation(f"{record.path} and {stems[Path(name).stem]} would share the VOC annotation {Path(name).stem}.xml")
-                stems[Path(name).stem] = record.path
+            flat = [next(flat_names) for _ in data.records]
+            for record, name in zip(data.records, flat):
                 _place_image(record.path, out / "JPEGImages" / name, images)
-                flat.append(name)
             renamed = DetectionData(
                 [replace(record, file_name=name) for record, name in zip(data.records, flat)], data.class_names, data.category_ids, data.source
             )

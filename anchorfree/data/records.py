@@ -19,6 +19,10 @@ from anchorfree.data.cache import ImageInfoCache
 from anchorfree.data.images import ImageLoadError
 
 
+# The first line of the readers' one summary warning ends with this (`data check` recognises it).
+PROBLEM_SUMMARY = "annotation or image problem(s), skipped unless the kind says otherwise:"
+
+
 class InvalidAnnotation(ValueError):
     """A data error: the message names the file, the image, the annotation and the value, and how to fix it."""
 
@@ -114,7 +118,7 @@ class ProblemLog:
     def warn_summary(self) -> None:
         if not self.counts:
             return
-        lines = [f"{self.source}: {sum(self.counts.values())} annotation or image problem(s), skipped unless the kind says otherwise:"]
+        lines = [f"{self.source}: {sum(self.counts.values())} {PROBLEM_SUMMARY}"]
         for kind, count in sorted(self.counts.items()):
             lines.append(f"  {kind}: {count}, e.g. {self.examples[kind][0]}")
         warnings.warn("\n".join(lines), stacklevel=3)

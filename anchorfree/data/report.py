@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import random
-import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from torchvision.utils import draw_bounding_boxes, make_grid
 from anchorfree.checkpoint import atomic_write_bytes
 from anchorfree.data.formats import dataset_splits, detect_format, read_dataset
 from anchorfree.data.images import ImageLoadError, load_image
-from anchorfree.data.records import DetectionData, ImageRecord, InvalidAnnotation
+from anchorfree.data.records import PROBLEM_SUMMARY, DetectionData, ImageRecord, InvalidAnnotation
 
 # COCO's size ranges, on box area in pixels of the (EXIF-oriented) image: small < 32^2 <= medium < 96^2 <= large.
 SIZE_RANGES = (("small", 32**2), ("medium", 96**2), ("large", float("inf")))
@@ -52,7 +51,6 @@ CLASS_COLOURS = (
 )
 IGNORE_COLOUR = (160, 160, 160)
 _LIBRARY_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)  # about our dependencies, not the data
-_SUMMARY_WARNING = re.compile(r": skipped \d+ annotation\(s\) or image\(s\):$")
 
 
 def class_colour(label: int) -> tuple[int, int, int]:
@@ -234,7 +232,7 @@ def format_report(report: dict[str, Any]) -> str:
                 lines.append(f"    {kind}: {problem['count']}" + (f", e.g. {example}" if example else ""))
         # The readers' summary warnings repeat the problems above; any other warning is shown in full.
         for text in summary["warnings"]:
-            if not _SUMMARY_WARNING.search(text.split("\n", 1)[0]):
+            if not text.split("\n", 1)[0].endswith(PROBLEM_SUMMARY):
                 lines.append(f"  warning: {text}")
     problems = sum(problem["count"] for summary in report["splits"].values() for problem in summary["problems"].values())
     lines.append("")
