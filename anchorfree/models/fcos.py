@@ -36,6 +36,7 @@ from anchorfree.ops.points import grid_points
 # Values of the per-location label target besides class indices 0..C-1.
 BACKGROUND = -1
 IGNORE = -2  # inside a crowd region: neither a positive nor a negative
+ASSIGNMENT_CHUNK = 512  # boxes compared with every location at once in `assign_targets` (memory O(P x chunk))
 
 
 @dataclass
@@ -156,7 +157,7 @@ def assign_targets(
     `center_sampling_radius` strides of the box centre (that square clipped to the box), and (3) the largest of
     its distances (l, t, r, b) to the box falls in its level's size range. When several boxes qualify, the one
     with the smallest area wins (ties: the box listed first). Locations inside a crowd box that are not
-    positive for a regular box are IGNORE. Vectorised over locations x boxes (P x M); no loop per box.
+    positive for a regular box are IGNORE. Vectorised over locations x boxes, in chunks of ASSIGNMENT_CHUNK boxes.
 
     Args:
         locations: from `make_locations`.
@@ -179,29 +180,15 @@ def assign_targets(
     regular_boxes, regular_labels = boxes[~iscrowd].float(), labels[~iscrowd]
 
     if len(regular_boxes):
-        distances = boxes_to_distances(locations.points[:, None], regular_boxes[None])  # (P, M, 4)
-        inside_box = distances.min(dim=2).values > 0  # (P, M)
-        if center_sampling_radius > 0:
-            centers = (regular_boxes[:, :2] + regular_boxes[:, 2:]) / 2  # (M, 2)
-            radius = locations.strides[:, None] * center_sampling_radius  # (P, 1)
-            # The sampling square around the centre, clipped to the box so thin boxes stay inside themselves.
-            sample_x1 = torch.maximum(centers[None, :, 0] - radius, regular_boxes[None, :, 0])  # (P, M)
-            sample_y1 = torch.maximum(centers[None, :, 1] - radius, regular_boxes[None, :, 1])
-            sample_x2 = torch.minimum(centers[None, :, 0] + radius, regular_boxes[None, :, 2])
-            sample_y2 = torch.minimum(centers[None, :, 1] + radius, regular_boxes[None, :, 3])
-            x, y = locations.points[:, None, 0], locations.points[:, None, 1]  # (P, 1)
-            inside_center = (x > sample_x1) & (x < sample_x2) & (y > sample_y1) & (y < sample_y2)
-            candidate = inside_box & inside_center
-        else:
-            candidate = inside_box
-        max_distance = distances.max(dim=2).values  # (P, M)
-        in_level = (max_distance >= locations.size_ranges[:, None, 0]) & (max_distance <= locations.size_ranges[:, None, 1])
-        candidate &= in_level
-
-        areas = box_area(regular_boxes)[None, :].expand(num_points, -1)  # (P, M)
-        candidate_areas = torch.where(candidate, areas, torch.full_like(areas, math.inf))
-        # argmin returns the first minimum, so equal areas resolve to the box listed first (deterministic).
-        smallest_area, matched = candidate_areas.min(dim=1)  # (P,)
+        # Boxes go in chunks so that memory stays O(P x chunk) however many boxes an image has (A27).
+        smallest_area = torch.full((num_points,), math.inf, device=device)
+        matched = torch.zeros(num_points, dtype=torch.int64, device=device)
+        for start in range(0, len(regular_boxes), ASSIGNMENT_CHUNK):
+            chunk_area, chunk_matched = _smallest_candidate(locations, regular_boxes[start : start + ASSIGNMENT_CHUNK], center_sampling_radius)
+            # Strictly smaller: equal areas keep the box listed first, as within a chunk.
+            better = chunk_area < smallest_area
+            smallest_area = torch.where(better, chunk_area, smallest_area)
+            matched = torch.where(better, chunk_matched + start, matched)
         positive = torch.isfinite(smallest_area)
         point_labels[positive] = regular_labels[matched[positive]]
         point_boxes[positive] = regular_boxes[matched[positive]]
@@ -211,6 +198,30 @@ def assign_targets(
         inside_crowd = (boxes_to_distances(locations.points[:, None], crowd_boxes[None]).min(dim=2).values > 0).any(dim=1)  # (P,)
         point_labels[inside_crowd & (point_labels == BACKGROUND)] = IGNORE
     return point_labels, point_boxes
+
+
+def _smallest_candidate(locations: FCOSLocations, boxes: torch.Tensor, center_sampling_radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each location, the area of the smallest box (of `boxes`, (M, 4)) it is a candidate for, and its index.
+
+    Returns (P,) areas (inf where none) and (P,) int64 indices into `boxes`; equal areas give the first box.
+    """
+    distances = boxes_to_distances(locations.points[:, None], boxes[None])  # (P, M, 4)
+    candidate = distances.min(dim=2).values > 0  # (P, M): inside the box
+    if center_sampling_radius > 0:
+        centers = (boxes[:, :2] + boxes[:, 2:]) / 2  # (M, 2)
+        radius = locations.strides[:, None] * center_sampling_radius  # (P, 1)
+        # The sampling square around the centre, clipped to the box so thin boxes stay inside themselves.
+        sample_x1 = torch.maximum(centers[None, :, 0] - radius, boxes[None, :, 0])  # (P, M)
+        sample_y1 = torch.maximum(centers[None, :, 1] - radius, boxes[None, :, 1])
+        sample_x2 = torch.minimum(centers[None, :, 0] + radius, boxes[None, :, 2])
+        sample_y2 = torch.minimum(centers[None, :, 1] + radius, boxes[None, :, 3])
+        x, y = locations.points[:, None, 0], locations.points[:, None, 1]  # (P, 1)
+        candidate &= (x > sample_x1) & (x < sample_x2) & (y > sample_y1) & (y < sample_y2)
+    max_distance = distances.max(dim=2).values  # (P, M)
+    candidate &= (max_distance >= locations.size_ranges[:, None, 0]) & (max_distance <= locations.size_ranges[:, None, 1])
+    areas = box_area(boxes)[None, :].expand(candidate.shape[0], -1)  # (P, M)
+    # min returns the first minimum, so equal areas resolve to the box listed first (deterministic).
+    return torch.where(candidate, areas, torch.full_like(areas, math.inf)).min(dim=1)
 
 
 def centerness_targets(distances: torch.Tensor) -> torch.Tensor:

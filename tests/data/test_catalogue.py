@@ -11,7 +11,8 @@ Rows not here: A2 and A3 (empty and half-empty batches) are training rows, teste
 belong to tests/models: A24 in test_centernet.py / test_cornernet.py (test_more_boxes_than_max_objects_*),
 A25 in test_fcos.py (test_overlapping_boxes_locations_inside_both_get_the_smaller_box,
 test_equal_areas_resolve_to_the_box_listed_first) and test_centernet.py (test_overlapping_boxes_of_one_class_*),
-A26 (radius clamp of very small boxes) and A27 (thousands of boxes) with the radius and assignment tests there.
+A26 in test_centernet.py (test_box_smaller_than_a_cell_is_a_single_cell_peak) and tests/ops/test_heatmaps.py
+(test_radius_zero_is_a_single_cell), A27 in test_fcos.py (test_thousands_of_boxes_are_assigned_in_chunks_*).
 A7 has no YOLO form (normalised values inside [0, 1] cannot lie wholly outside the image: that is A8), A5 and
 A22 are VOC-only, A8, A10 and A14 YOLO-only, A12, A16-A19 and A23 COCO-only.
 """

@@ -106,6 +106,15 @@ def test_single_box_targets_peak_extent_index_size_and_offset(formula: str, min_
     torch.testing.assert_close(targets.offsets, torch.tensor([[12.5 - 12, 18.125 - 18]]), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("formula, min_overlap", [("original", 0.7), ("corrected", 0.3)])
+def test_box_smaller_than_a_cell_is_a_single_cell_peak(formula: str, min_overlap: float) -> None:
+    """Catalogue A26: a 2 x 3 px box at stride 4 has a radius below 1, clamped to 0: one cell, 1.0, its size kept."""
+    targets = targets_for([[50.0, 70.0, 52.0, 73.0]], [0], radius_formula=formula, min_overlap=min_overlap)
+    assert torch.count_nonzero(targets.heatmap).item() == 1
+    assert targets.heatmap[0, 71 // 4, 51 // 4].item() == 1.0
+    torch.testing.assert_close(targets.sizes, torch.tensor([[2.0 / 4, 3.0 / 4]]), rtol=0, atol=1e-6)
+
+
 def test_overlapping_boxes_of_one_class_keep_the_max_and_classes_use_their_own_channel() -> None:
     """Same class: the element-wise max of the two single-box heatmaps; different classes: each on its channel."""
     alone_a = targets_for([BOX_A], [1])

@@ -57,6 +57,26 @@ def test_make_locations_points_strides_and_ranges() -> None:
         make_locations([(2, 3), (1, 2)], [8, 16], [32.0, 64.0])
 
 
+def test_thousands_of_boxes_are_assigned_in_chunks_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Catalogue A27: memory stays O(P x chunk). 3000 random boxes, some of equal area across chunk boundaries:
+    # chunks of 97 give exactly the assignment of one chunk holding every box (smallest area, first listed on ties).
+    import anchorfree.models.fcos as fcos
+
+    generator = torch.Generator().manual_seed(0)
+    locations = make_locations([(40, 40), (20, 20)], [8, 16], [64.0])
+    corners = torch.rand(3000, 2, generator=generator) * 300
+    sizes = torch.randint(4, 60, (3000, 2), generator=generator).float()
+    boxes = torch.cat([corners, corners + sizes], dim=1)
+    boxes[1500] = boxes[3] + 1.0  # same area as box 3, listed later and in another chunk
+    labels = torch.randint(0, 5, (3000,), generator=generator)
+    monkeypatch.setattr(fcos, "ASSIGNMENT_CHUNK", 10_000)
+    whole_labels, whole_boxes = assign_targets(locations, boxes, labels)
+    monkeypatch.setattr(fcos, "ASSIGNMENT_CHUNK", 97)
+    chunked_labels, chunked_boxes = assign_targets(locations, boxes, labels)
+    assert (whole_labels >= 0).sum() > 100
+    assert torch.equal(chunked_labels, whole_labels) and torch.equal(chunked_boxes, whole_boxes)
+
+
 def test_overlapping_boxes_locations_inside_both_get_the_smaller_box() -> None:
     # 4x4 level, stride 8: x, y in {4, 12, 20, 28}. Big box A (label 0) covers everything; small B = (2, 2, 20, 20)
     # (label 1) strictly contains x, y in {4, 12}; x = 20 lies on B's right edge (r = 0) and is outside B.
