@@ -8,11 +8,12 @@
 
 from __future__ import annotations
 
+
 import io
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
 from anchorfree.checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint
-from anchorfree.config import Config, apply_overrides, config_from_dict, get_preset
+from anchorfree.config import Config, ConfigError, apply_overrides, config_from_dict, get_preset
 from anchorfree.data.cache import cache_dir
 from anchorfree.data.dataset import scale_to_original
 from anchorfree.data.images import load_image
@@ -33,6 +34,8 @@ from anchorfree.engine import train as train_loop
 from anchorfree.evaluation import EvaluationResult
 from anchorfree.models import build_model
 from anchorfree.models.backbones import PretrainedWeightsUnavailable
+from anchorfree.plots import write_evaluation_plots
+from anchorfree.targets_view import select_images, write_targets
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEMO_PRESETS = {"fcos": "fcos_cpu", "centernet": "centernet_cpu", "cornernet": "cornernet_cpu"}  # the preset each family's demo trains
@@ -110,7 +113,8 @@ def load(path: str | Path, device: str = "auto") -> Detector:
     checkpoint = load_checkpoint(path)
     config = config_from_dict(checkpoint.metadata["config"])
     class_names = checkpoint.metadata["class_names"]
-    model = build_model(config.model, len(class_names))
+    # Every weight comes from the checkpoint: building the model must not fetch ImageNet weights first.
+    model = build_model(replace(config.model, pretrained_backbone=False), len(class_names))
     missing, unexpected = model.load_state_dict(checkpoint.model_state, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {checkpoint.path} does not match its model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
@@ -120,9 +124,13 @@ def load(path: str | Path, device: str = "auto") -> Detector:
     return Detector(model.to(torch_device).eval(), config, class_names, checkpoint.metadata["category_ids"], torch_device)
 
 
-def val(weights: str | Path, data: str | Path | None = None, device: str = "auto", progress: bool = True) -> EvaluationResult:
+def val(
+    weights: str | Path, data: str | Path | None = None, device: str = "auto", progress: bool = True, plots: str | Path | None = None
+) -> EvaluationResult:
     """COCO metrics of a checkpoint on a split in any supported format (default: the val split it was trained
-    with). `data` is a COCO JSON file, a VOC or YOLO folder, or a dataset YAML (its val split is used)."""
+    with). `data` is a COCO JSON file, a VOC or YOLO folder, or a dataset YAML (its val split is used).
+    With `plots` (a folder), also write the evaluation's analysis there, as a run folder's plots/ holds it:
+    per_class.csv, PR curves at IoU 0.5 and 0.5:0.95, the F1 curve, confusion matrices and sample predictions."""
     detector = load(weights, device)
     config = detector.config
     split = str(data) if data is not None else (data_paths(config)[1])
@@ -134,7 +142,9 @@ def val(weights: str | Path, data: str | Path | None = None, device: str = "auto
             f"{split} has classes {list(zip(split_data.category_ids, split_data.class_names))} but the model was trained on "
             f"{list(zip(detector.category_ids, detector.class_names))}"
         )
-    result, _ = evaluate(detector.model, split_data, config, detector.device, progress)
+    result, detections = evaluate(detector.model, split_data, config, detector.device, progress)
+    if plots is not None:
+        write_evaluation_plots(result, split_data.coco_ground_truth(), detections, split_data, plots)
     return result
 
 
@@ -163,6 +173,54 @@ def predict(weights: str | Path, sources: list[str | Path], out: str | Path = "r
             atomic_write_bytes(out / f"{path.stem}.jpg", _encode_jpeg(drawn))
     atomic_write_text(out / "predictions.json", json.dumps(results))
     return out
+
+
+def targets(
+    data: str | Path | None = None,
+    preset_or_weights: str | Path = "fcos_cpu",
+    images: list[int | str] | None = None,
+    out: str | Path = "runs/targets",
+    split: str = "train",
+    count: int = 4,
+    overrides: dict[str, Any] | list[str] | None = None,
+    device: str = "auto",
+    score_threshold: float = 0.3,
+) -> list[Path]:
+    """Draw what a family is trained to predict on dataset images, one PNG each: `<out>/<image stem>_<family>.png`.
+
+    `preset_or_weights` is a preset name (targets only: the model is built untrained, with
+    model.pretrained_backbone=false) or a checkpoint / run folder (its config; its predicted maps and detections
+    are drawn beside the targets). `data` is any dataset path (COCO JSON, VOC or YOLO folder, dataset YAML, or a
+    folder holding them); None takes the config's data.train / data.val for `split`. `images` are indices or file
+    names in the split (default: its first `count`). The image is the config's evaluation input (see
+    `anchorfree.targets_view`). Returns the written paths.
+    """
+    weights = Path(preset_or_weights)
+    class_names = None
+    if weights.exists():  # a checkpoint or a run folder
+        detector = load(weights, device)
+        config = apply_overrides(detector.config, overrides or {})
+        model, class_names = detector.model, detector.class_names
+        if config.model != detector.config.model:
+            # Settings such as model.centernet.score_threshold: the same weights in a model built with them.
+            config = apply_overrides(config, {"model.pretrained_backbone": False})
+            model = build_model(config.model, len(class_names)).to(detector.device)
+            model.load_state_dict(detector.model.state_dict())
+    elif weights.suffix == ".safetensors" or len(weights.parts) > 1:
+        raise FileNotFoundError(f"{weights}: no such checkpoint or run folder")
+    else:
+        config = apply_overrides(make_config(str(preset_or_weights), overrides), {"model.pretrained_backbone": False})
+    train_path, val_path = data_paths(config)
+    path = str(data) if data is not None else (train_path if split == "train" else val_path)
+    if not path:
+        raise FileNotFoundError(f"no data for the {split!r} split: pass a dataset (a COCO JSON, a VOC or YOLO folder, or a dataset YAML)")
+    split_data = read_split(config, path, split, class_names)
+    indices = select_images(split_data, images, count)
+    if class_names is None:
+        model = build_model(config.model, len(split_data.class_names)).to(resolve_device(device))
+    elif split_data.class_names != class_names:
+        raise ConfigError(f"{path} has classes {split_data.class_names} but {weights} was trained on {class_names}")
+    return write_targets(model, config, split_data, indices, out, predictions=class_names is not None, score_threshold=score_threshold)
 
 
 def demo(model: str = "fcos", overrides: dict[str, Any] | list[str] | None = None, progress: bool = True) -> tuple[Path, EvaluationResult]:

@@ -3,12 +3,13 @@
     anchorfree demo                                     # synthetic data -> train -> evaluate -> draw
     anchorfree train --preset fcos_cpu data.train=train.json data.val=val.json train.epochs=20
     anchorfree train --resume runs/fcos_cpu
-    anchorfree val runs/fcos_cpu/weights/best.safetensors [--data val.json]
+    anchorfree val runs/fcos_cpu/weights/best.safetensors [--data val.json] [--plots runs/val_plots]
     anchorfree predict runs/fcos_cpu/weights/best.safetensors images/ --out runs/predict
     anchorfree data synth --out shapes --train 800 --val 200 --seed 0
     anchorfree data check coco/ [--strict] [--decode] [--json runs/data_check/dataset_report.json]
     anchorfree data convert coco/ --to yolo --out shapes_yolo [--images copy|symlink|none]
     anchorfree data show coco/ [--split val] [--out runs/data_show/val.png] [--count 16] [--seed 0]
+    anchorfree targets coco/ [--model fcos | --preset P | --weights W] [--split val] [--images 0 3 name.jpg] [--count 4]
     anchorfree presets [NAME]                           # list presets, or print one resolved
 """
 
@@ -28,6 +29,7 @@ from anchorfree.data.records import InvalidAnnotation
 from anchorfree.data.report import dataset_report, format_report, show_dataset
 from anchorfree.data.synth import write_synthetic_dataset
 from anchorfree.engine import NonFiniteLoss, TrainingInterrupted
+from anchorfree.targets_view import split_override_tokens
 
 OVERRIDES_HELP = "dotted key=value settings, e.g. train.epochs=20 model.fcos.head_convs=2 (see `anchorfree presets NAME`)"
 
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--data", help="the split: a COCO JSON, a VOC or YOLO folder, or a dataset YAML (default: the val split the model was trained with)")
     val.add_argument("--device", default="auto")
     val.add_argument("--save-json", help="also write the metrics to this JSON file")
+    val.add_argument("--plots", metavar="DIR", help="also write per_class.csv, PR/F1 curves, confusion matrices, sample predictions here")
 
     predict = commands.add_parser("predict", help="detect objects in images or folders")
     predict.add_argument("weights", help="a checkpoint (.safetensors) or run folder")
@@ -86,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--format", default="", choices=FORMATS, help="the source format (default: detected)")
         command.add_argument("--names", nargs="+", help="class names in label order (VOC, YOLO; checked against COCO categories)")
 
+    targets = commands.add_parser("targets", help="draw a family's training targets (and, with --weights, its predictions) on dataset images")
+    targets.add_argument("data", help="a COCO JSON, a VOC or YOLO folder, a dataset YAML, or a folder holding them")
+    family = targets.add_mutually_exclusive_group()
+    family.add_argument("--preset", help=f"the model config of a preset: one of {', '.join(PRESETS)} (default: the --model demo preset)")
+    family.add_argument("--weights", help="a checkpoint (.safetensors) or run folder: its config, and its predictions beside the targets")
+    targets.add_argument("--model", default="fcos", choices=list(api.DEMO_PRESETS), help="family of the default preset (default: fcos)")
+    targets.add_argument("--split", default="train", choices=("train", "val", "test"), help="default: train")
+    targets.add_argument("--images", nargs="+", default=[], help="image indices or file names in the split (default: the first --count)")
+    targets.add_argument("--count", type=int, default=4, help="images to draw without --images (default: 4)")
+    targets.add_argument("--out", default="runs/targets", help="output folder: <image stem>_<family>.png (default: runs/targets)")
+    targets.add_argument("--conf", type=float, default=0.3, help="score threshold of the drawn detections (default: 0.3)")
+    targets.add_argument("--device", default="auto")
+    targets.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
     presets = commands.add_parser("presets", help="list presets, or print one fully resolved")
     presets.add_argument("name", nargs="?")
     presets.add_argument("--keys", action="store_true", help="list every settable key")
@@ -93,7 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `targets DATA --preset P key=value`: argparse leaves positionals after an option unclaimed; they are overrides.
+        if args.command != "targets" or any(token.startswith("-") for token in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return _run(args)
     except (ConfigError, InvalidAnnotation, ImageLoadError, CheckpointError, NonFiniteLoss, FileNotFoundError, FileExistsError) as error:
@@ -115,10 +138,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"run folder: {run_folder}")
         return 0
     if args.command == "val":
-        result = api.val(args.weights, args.data, args.device)
+        result = api.val(args.weights, args.data, args.device, plots=args.plots)
         print(result.table())
         if args.save_json:
             Path(args.save_json).write_text(json.dumps(result.to_dict(), indent=2))
+        if args.plots:
+            print(f"plots: {args.plots}")
         return 0
     if args.command == "predict":
         out = api.predict(args.weights, args.sources, args.out, args.conf, args.device, save_images=not args.no_images)
@@ -143,6 +168,15 @@ def _run(args: argparse.Namespace) -> int:
         out = args.out or Path("runs/data_show") / f"{args.split or 'train'}.png"
         out = show_dataset(args.path, out, args.split, args.count, seed=args.seed, data_format=args.format, class_names=args.names)
         print(f"wrote {out}")
+        return 0
+    if args.command == "targets":
+        images, overrides = split_override_tokens(args.images)  # `--images 0 3 key=value`: the list takes the overrides too
+        source = args.weights or args.preset or api.DEMO_PRESETS[args.model]
+        written = api.targets(
+            args.data, source, images, args.out, args.split, args.count, [*args.overrides, *overrides], args.device, args.conf
+        )
+        for path in written:
+            print(path)
         return 0
     if args.command == "presets":
         if args.name is None:

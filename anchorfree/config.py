@@ -93,6 +93,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     log_every: int = 10  # iterations between metrics.csv rows
+    tensorboard: bool = False  # also log metrics.csv's scalars and the best epoch's val_predictions.png to <run>/tensorboard/
     project: str = "runs"
     name: str = ""  # run folder name; default <preset>, made unique with a suffix
 

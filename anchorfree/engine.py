@@ -2,8 +2,9 @@
 
 `train(config)` reads the data, builds the model, and runs: warmup + cosine learning rate, gradient clipping,
 optional bf16 autocast, a progress bar, validation every N epochs with COCO metrics, `last` and `best`
-checkpoints, and a metrics.csv row per epoch. Ctrl-C finishes the current step, saves `last` and exits; a
-second Ctrl-C stops at once. `--resume` continues from `last` exactly: the data order and every augmentation
+checkpoints, a metrics.csv row per epoch with its curves in results.png, and the analysis of the best evaluation
+in plots/ (PR and F1 curves, confusion matrices, sample predictions, per_class.csv). Ctrl-C finishes the current
+step, saves `last` and exits; a second Ctrl-C stops at once. `--resume` continues from `last` exactly: the data order and every augmentation
 are functions of (seed, epoch, sample index), so a resumed run sees the same batches as an uninterrupted one.
 """
 
@@ -14,9 +15,10 @@ import io
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -32,6 +34,7 @@ from anchorfree.data.records import DetectionData, InvalidAnnotation
 from anchorfree.data.transforms import eval_transforms, largest_input, train_transforms
 from anchorfree.evaluation import EvaluationResult, detections_to_coco_results, evaluate_coco
 from anchorfree.models import build_model
+from anchorfree.plots import TensorBoardLogger, plot_results, write_evaluation_plots
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -284,7 +287,8 @@ class _StopSignal:
 
 
 def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> Path:
-    """Train a detector as `config` says; return the run folder (config.yaml, metrics.csv, weights/)."""
+    """Train a detector as `config` says; return the run folder (config.yaml, metrics.csv, results.png, weights/,
+    and with validation data plots/, the analysis of the best evaluation; tensorboard/ with train.tensorboard)."""
     if config.train.lr_schedule not in ("cosine", "step"):
         raise ConfigError(f"train.lr_schedule must be 'cosine' or 'step', got {config.train.lr_schedule!r}")
     check_data(config.data)
@@ -337,7 +341,23 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     def out_of_time() -> bool:
         return time_limit > 0 and state.elapsed >= time_limit
 
-    with _StopSignal() as stop:
+    plots_folder = run_folder / "plots"
+    failed_plots: set[str] = set()
+
+    def plot(what: str, draw: Callable[[], Any]) -> bool:
+        """Draw a figure; a failure warns once per figure and training goes on."""
+        try:
+            draw()
+            return True
+        # Any exception: figures are a convenience, and a matplotlib, font or disk problem in one of them must
+        # not end a run of hours. KeyboardInterrupt is not an Exception, so Ctrl-C still stops at once.
+        except Exception as error:  # noqa: BLE001
+            if what not in failed_plots:
+                failed_plots.add(what)
+                warnings.warn(f"could not write {what} in {run_folder} ({type(error).__name__}: {error}); training goes on", stacklevel=2)
+            return False
+
+    with _StopSignal() as stop, TensorBoardLogger(run_folder / "tensorboard", enabled=config.train.tensorboard) as tensorboard:
         while state.epoch < config.train.epochs and not out_of_time():
             dataset.epoch = state.epoch
             sampler = EpochSampler(len(dataset), config.train.seed, state.epoch, start=state.iteration * config.train.batch_size)
@@ -410,8 +430,9 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             state.iteration = 0
             state.epoch_loss_sums, state.epoch_images, state.epoch_seconds = {}, 0, 0.0
             last_epoch = state.epoch >= config.train.epochs or out_of_time() or stop.requested
+            new_plots = False
             if val_data is not None and (state.epoch % config.train.eval_every == 0 or last_epoch):
-                result, _ = evaluate(model, val_data, config, device, progress)
+                result, detections = evaluate(model, val_data, config, device, progress)
                 row.update({f"val/{name}": value for name, value in result.stats.items()})
                 improved = result.stats["mAP"] > state.best_map
                 if improved:
@@ -419,10 +440,17 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                 tqdm.write(f"epoch {state.epoch}: mAP {result.stats['mAP']:.4f}  AP50 {result.stats['AP50']:.4f}  (best {state.best_map:.4f} at epoch {state.best_epoch})")
                 if improved:
                     save("best", with_optimizer=False, extra={"metrics": result.to_dict()})
+                    # Only on a new best: plots/ always shows the analysis of the `best` checkpoint.
+                    ground_truth = val_data.coco_ground_truth()
+                    new_plots = plot("plots/", lambda: write_evaluation_plots(result, ground_truth, detections, val_data, plots_folder))
             elif val_data is None:
                 save("best", with_optimizer=False)
             metrics_rows.append(row)
             _write_metrics(run_folder / "metrics.csv", metrics_rows)
+            plot("results.png", lambda: plot_results(run_folder / "metrics.csv", run_folder / "results.png"))
+            tensorboard.log_scalars(row, state.epoch)
+            if new_plots:
+                tensorboard.log_image("val_predictions", plots_folder / "val_predictions.png", state.epoch)
             save("last", with_optimizer=True)
             if stop.requested:
                 raise TrainingInterrupted(f"training stopped after epoch {state.epoch}; resume with: anchorfree train --resume {run_folder}")
@@ -431,7 +459,10 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
 
 def _check_resume_config(saved: dict, requested: Config) -> None:
     """Refuse to resume under a different config, except for keys that do not change the run's meaning."""
-    allowed = {"train.epochs", "train.time_limit", "train.device", "train.threads", "data.workers", "train.eval_every", "train.log_every"}
+    allowed = {
+        "train.epochs", "train.time_limit", "train.device", "train.threads", "data.workers", "train.eval_every", "train.log_every",
+        "train.tensorboard",
+    }
     saved_config = config_from_dict(saved)
     saved_flat, requested_flat = flatten(saved_config.to_dict()), flatten(requested.to_dict())
     different = sorted(key for key in saved_flat if saved_flat[key] != requested_flat.get(key) and key not in allowed)

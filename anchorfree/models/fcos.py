@@ -378,6 +378,23 @@ class FCOS(nn.Module):
             self.config.prior_probability,
         )
 
+    def head_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, FCOSLocations]:
+        """The raw head outputs of a padded batch, before any loss or decode.
+
+        Args:
+            batch: (N, 3, H, W) normalised images, H and W multiples of `size_divisor`.
+
+        Returns:
+            class_logits (N, P, C), box_distances (N, P, 4) stride-normalised, centerness_logits (N, P), and the
+            `FCOSLocations` of the P points, made from the shapes of this batch's P3-P7 maps.
+        """
+        features = self.neck(self.backbone(match_memory_format(batch, self.backbone))[-3:])  # C3-C5 -> P3-P7
+        class_logits, box_distances, centerness_logits = self.head(features)
+        locations = make_locations(
+            [tuple(feature.shape[-2:]) for feature in features], self.strides, self.config.size_boundaries, batch.device
+        )
+        return class_logits, box_distances, centerness_logits, locations
+
     def forward(
         self, images: torch.Tensor | list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
@@ -385,11 +402,7 @@ class FCOS(nn.Module):
         batch, image_sizes = batch_images(images, self.size_divisor)
         if self.training:
             check_targets(targets, len(image_sizes))
-        features = self.neck(self.backbone(match_memory_format(batch, self.backbone))[-3:])  # C3-C5 -> P3-P7
-        class_logits, box_distances, centerness_logits = self.head(features)
-        locations = make_locations(
-            [tuple(feature.shape[-2:]) for feature in features], self.strides, self.config.size_boundaries, batch.device
-        )
+        class_logits, box_distances, centerness_logits, locations = self.head_outputs(batch)
         if self.training:
             assigned = []
             for image_index, target in enumerate(targets):

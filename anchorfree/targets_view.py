@@ -1,0 +1,567 @@
+"""What each family is trained to predict, and what it predicts, drawn on the image as the network sees it.
+
+    model = build_model(config.model, len(data.class_names))       # or anchorfree.load(weights).model
+    image, target = network_input(data, index, config)              # the config's evaluation transform
+    drawn = draw_targets(model, image, target, data.class_names, "runs/targets/000000_fcos.png")
+
+Every target comes from the family's own public builder, called as the model's training step calls it:
+`fcos.assign_targets` and `fcos.centerness_targets`, `centernet.centernet_targets`, `cornernet.cornernet_targets`.
+The maps they fill have the shapes of the model's own head outputs for this input (`head_outputs`), so nothing
+here re-derives strides or feature sizes. With `predictions=True` the model's head maps for the same input sit
+beside the targets, with its detections from the eval-mode forward (the one decode path).
+
+Images are the de-normalised network input (resized, letterboxed when the config letterboxes); coordinates are
+its pixels. Figures use matplotlib's object API (Figure + FigureCanvasAgg, no pyplot state); PNGs are written
+atomically. Each drawing function returns what it drew (counts and arrays), so a test can check it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+
+from anchorfree.checkpoint import atomic_write_bytes
+from anchorfree.config import Config
+from anchorfree.data.dataset import DetectionDataset
+from anchorfree.data.records import DetectionData
+from anchorfree.data.report import IGNORE_COLOUR, class_colour
+from anchorfree.data.transforms import denormalize, eval_transforms, largest_input
+from anchorfree.models import centernet, cornernet, fcos
+from anchorfree.models.detector import batch_images
+from anchorfree.ops.boxes import boxes_to_distances
+
+PANEL_INCHES = 5.5  # the longer side of a full panel
+DPI = 100
+LEGEND_INCHES = 0.9  # below the FCOS panels
+LEVEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")  # FPN levels, finest first
+OBJECT_COLOURS = matplotlib.colormaps["tab20"].colors  # CornerNet pairs, one per object
+HEATMAP_COLOURS = "magma"
+MAX_DRAWN_DETECTIONS = 50  # the best ones; an untrained model's many low-score boxes would hide the image
+OVERRIDE_TOKEN = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")  # `model.fcos.head_convs=2`, as opposed to an image name
+
+
+# --------------------------------------------------------------------------------------------------- inputs
+
+
+def network_input(data: DetectionData, index: int, config: Config) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Image `index` of `data` through the config's evaluation transform, as `evaluate` feeds the model.
+
+    Returns:
+        image (3, H, W) float, normalised; target {"boxes" (M, 4) in its pixels, "labels", "iscrowd", ...}
+        (see `DetectionDataset`).
+    """
+    size, max_size, resize = config.data.val_size, config.data.max_size, config.data.resize
+    dataset = DetectionDataset(data, eval_transforms(size, max_size, resize=resize), largest_input(size, max_size, resize))
+    return dataset[index]
+
+
+def select_images(data: DetectionData, images: Sequence[int | str] | None = None, count: int = 4) -> list[int]:
+    """Record indices for `images`: ints (or digit strings) are indices, other strings match a record's file
+    name, its base name or its stem. Without `images`, the first `count` records.
+
+    Raises:
+        FileNotFoundError: an index out of range, or a name that no record (or more than one) has.
+    """
+    records = data.records
+    if not images:
+        return list(range(min(max(count, 0), len(records))))
+    indices = []
+    for image in images:
+        if isinstance(image, int) or str(image).isdigit():
+            index = int(image)
+            if not 0 <= index < len(records):
+                raise FileNotFoundError(f"image index {index} is out of range: {data.source} has {len(records)} images")
+            indices.append(index)
+            continue
+        name = str(image)
+        matches = [
+            index
+            for index, record in enumerate(records)
+            if name in (record.file_name, Path(record.file_name).name, Path(record.file_name).stem, str(record.path))
+        ]
+        if len(matches) != 1:
+            examples = ", ".join(record.file_name for record in records[:3])
+            problem = "no image" if not matches else f"{len(matches)} images"
+            raise FileNotFoundError(f"{data.source}: {problem} named {name!r} (give an index or a file name, e.g. {examples})")
+        indices.append(matches[0])
+    return indices
+
+
+def split_override_tokens(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(image tokens, dotted key=value tokens): the command line's `--images` list also swallows overrides after it."""
+    overrides = [token for token in tokens if OVERRIDE_TOKEN.match(token)]
+    return [token for token in tokens if not OVERRIDE_TOKEN.match(token)], overrides
+
+
+# ---------------------------------------------------------------------------------------------- dispatcher
+
+
+def draw_targets(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    target: dict[str, Any],
+    class_names: list[str],
+    out_png: str | Path,
+    predictions: bool = False,
+    score_threshold: float = 0.3,
+) -> dict[str, Any]:
+    """Draw the training targets of `model`'s family for one network input (and, with `predictions`, its outputs).
+
+    Args:
+        model: an `FCOS`, `CenterNet` or `CornerNet` (its config gives the target settings; its head outputs give
+            the map shapes). Its weights matter only with `predictions`.
+        image: (3, H, W) normalised network input; target: its "boxes" (M, 4) in input pixels, "labels" (M,),
+            "iscrowd" (M,) optional.
+        class_names: in label order.
+        out_png: the PNG to write (atomically).
+        predictions: also draw the model's head maps and its detections above `score_threshold`.
+        The model is put in eval mode and run on the input (also without `predictions`: its head outputs give
+        the shapes of the maps the targets fill).
+
+    Returns:
+        What was drawn, per family (see `draw_fcos_targets`, `draw_centernet_targets`, `draw_cornernet_targets`).
+    """
+    if isinstance(model, fcos.FCOS):
+        return draw_fcos_targets(model, image, target, class_names, out_png, predictions, score_threshold)
+    if isinstance(model, centernet.CenterNet):
+        return draw_centernet_targets(model, image, target, class_names, out_png, predictions, score_threshold)
+    if isinstance(model, cornernet.CornerNet):
+        return draw_cornernet_targets(model, image, target, class_names, out_png, predictions, score_threshold)
+    raise TypeError(f"no target drawing for {type(model).__name__}; the families are FCOS, CenterNet and CornerNet")
+
+
+def write_targets(
+    model: torch.nn.Module,
+    config: Config,
+    data: DetectionData,
+    indices: Sequence[int],
+    out: str | Path,
+    predictions: bool = False,
+    score_threshold: float = 0.3,
+) -> list[Path]:
+    """`draw_targets` for records `indices` of `data`, each to `<out>/<image stem>_<family>.png`; returns the paths."""
+    out = Path(out)
+    written = []
+    for index in indices:
+        image, target = network_input(data, index, config)
+        path = out / f"{Path(data.records[index].file_name).stem}_{config.model.name}.png"
+        draw_targets(model, image, target, data.class_names, path, predictions, score_threshold)
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------------ FCOS
+
+
+@torch.no_grad()
+def draw_fcos_targets(
+    model: fcos.FCOS,
+    image: torch.Tensor,
+    target: dict[str, Any],
+    class_names: list[str],
+    out_png: str | Path,
+    predictions: bool = False,
+    score_threshold: float = 0.3,
+) -> dict[str, Any]:
+    """FCOS: each positive location as a dot in its FPN level's colour, size and opacity by its centerness target;
+    for each (box, level) with positives, the box in the level's colour and, from its most central location, the
+    four distances (l, t, r, b) it regresses; IGNORE (crowd) locations as grey crosses. With `predictions`: the
+    detections, and per level the predicted class score (max over classes) and centerness.
+
+    Returns:
+        {"path", "positives" K, "ignored", "points" (K, 2) px, "levels" (K,) level index, "centerness" (K,),
+         "boxes" (K, 4) the box each regresses, "labels" (K,), "level_strides", "predictions" bool,
+         "detections" (with predictions)}.
+    """
+    config = model.config
+    outputs, image_size, detections = _run_model(model, image, predictions)
+    class_logits, _, centerness_logits, locations = outputs
+    device = locations.points.device
+    boxes, labels, iscrowd = _target_tensors(target, device)
+    point_labels, point_boxes = fcos.assign_targets(locations, boxes, labels, iscrowd, config.center_sampling_radius)
+    positive = point_labels >= 0  # (P,)
+    points = locations.points[positive]  # (K, 2)
+    centerness = fcos.centerness_targets(boxes_to_distances(points, point_boxes[positive]))  # (K,)
+    level_sizes = torch.tensor(locations.level_sizes, device=device)
+    point_levels = torch.repeat_interleave(torch.arange(len(locations.level_sizes), device=device), level_sizes)  # (P,)
+    strides = [int(stride) for stride in model.strides]
+    drawn: dict[str, Any] = {
+        "positives": int(positive.sum()),
+        "ignored": int((point_labels == fcos.IGNORE).sum()),
+        "points": points.cpu().numpy(),
+        "levels": point_levels[positive].cpu().numpy(),
+        "centerness": centerness.cpu().numpy(),
+        "boxes": point_boxes[positive].cpu().numpy(),
+        "labels": point_labels[positive].cpu().numpy(),
+        "level_strides": strides,
+        "predictions": predictions,
+    }
+
+    picture = _picture(image)
+    level_shapes = _level_shapes(locations)
+    panel_width, panel_height = _panel_size(image_size)
+    columns = len(strides)
+    if predictions:
+        figure = Figure(figsize=(2 * panel_width + columns * panel_width / 2, panel_height + LEGEND_INCHES), dpi=DPI, layout="constrained")
+        grid = figure.add_gridspec(2, 2 + columns, width_ratios=[2, 2] + [1] * columns)
+        target_axes = figure.add_subplot(grid[:, 0])
+    else:
+        figure = Figure(figsize=(panel_width, panel_height + LEGEND_INCHES), dpi=DPI, layout="constrained")
+        target_axes = figure.add_subplot()
+
+    _show_picture(target_axes, picture, f"FCOS targets: {drawn['positives']} positive locations")
+    _draw_ground_truth(target_axes, boxes.cpu(), labels.cpu(), iscrowd.cpu(), class_names, colour_by_class=False)
+    ignored = point_labels == fcos.IGNORE
+    if ignored.any():
+        ignored_points = locations.points[ignored].cpu().numpy()
+        target_axes.scatter(ignored_points[:, 0], ignored_points[:, 1], s=10, marker="x", linewidths=0.8, color=_rgb(IGNORE_COLOUR))
+    levels, weights, point_array = drawn["levels"], drawn["centerness"], drawn["points"]
+    if len(point_array):
+        colours = np.array([matplotlib.colors.to_rgba(LEVEL_COLOURS[level % len(LEVEL_COLOURS)]) for level in levels])
+        colours[:, 3] = 0.25 + 0.75 * weights
+        target_axes.scatter(point_array[:, 0], point_array[:, 1], s=4 + 36 * weights, c=colours, edgecolors="none")
+    regressed = drawn["boxes"]
+    for key in sorted({(level, tuple(box)) for level, box in zip(levels.tolist(), regressed.tolist())}):
+        level, box = key
+        colour = LEVEL_COLOURS[level % len(LEVEL_COLOURS)]
+        members = np.flatnonzero((levels == level) & (regressed == np.array(box, dtype=regressed.dtype)).all(axis=1))
+        target_axes.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, edgecolor=colour, linewidth=1.2))
+        # The most central location of this box on this level, with the four distances it regresses.
+        x, y = point_array[members[np.argmax(weights[members])]]
+        for end_x, end_y in ((box[0], y), (x, box[1]), (box[2], y), (x, box[3])):
+            target_axes.plot([x, end_x], [y, end_y], color=colour, linewidth=0.8)
+        target_axes.scatter([x], [y], s=40, facecolors="none", edgecolors="white", linewidths=1.0)
+
+    bounds = [0.0, *config.size_boundaries, math.inf]
+    handles: list[Any] = []
+    for level, stride in enumerate(strides):
+        count = int((levels == level).sum())
+        high = "inf" if math.isinf(bounds[level + 1]) else f"{bounds[level + 1]:g}"
+        handles.append(
+            Line2D([], [], marker="o", linestyle="", color=LEVEL_COLOURS[level % len(LEVEL_COLOURS)],
+                   label=f"P{int(math.log2(stride))} /{stride}: max(l,t,r,b) {bounds[level]:g}-{high} px, {count}")
+        )
+    if drawn["ignored"]:
+        handles.append(Line2D([], [], marker="x", linestyle="", color=_rgb(IGNORE_COLOUR), label=f"ignore (crowd), {drawn['ignored']}"))
+    figure.legend(
+        handles=handles, loc="outside lower left", ncols=2, fontsize=7, frameon=False,
+        title="FPN level (dot size and opacity: centerness target)", title_fontsize=7,
+    )
+
+    if predictions:
+        detections_axes = figure.add_subplot(grid[:, 1])
+        _show_picture(detections_axes, picture, f"FCOS detections (score >= {score_threshold:g})")
+        drawn["detections"] = _draw_detections(detections_axes, detections, class_names, score_threshold)
+        scores = class_logits[0].float().sigmoid().max(dim=1).values  # (P, C) -> (P,)
+        centerness_map = centerness_logits[0].float().sigmoid()  # (P,)
+        start = 0
+        for level, ((height, width), stride) in enumerate(zip(level_shapes, strides)):
+            level_slice = slice(start, start + height * width)
+            start += height * width
+            for row, (name, values) in enumerate((("score", scores), ("centerness", centerness_map))):
+                axes = figure.add_subplot(grid[row, 2 + level])
+                _show_picture(axes, picture, f"P{int(math.log2(stride))} {name}", faint=True)
+                level_map = values[level_slice].reshape(height, width).cpu().numpy()  # (H_l * W_l,) -> (H_l, W_l)
+                extent = (0, width * stride, height * stride, 0)
+                axes.imshow(level_map, cmap="viridis", vmin=0.0, vmax=1.0, alpha=0.8, extent=extent, interpolation="nearest")
+                _crop(axes, image_size)
+    drawn["path"] = _save(figure, out_png)
+    return drawn
+
+
+def _level_shapes(locations: fcos.FCOSLocations) -> list[tuple[int, int]]:
+    """(H_l, W_l) of each level, from its row-major grid of points (a row is the points sharing the first y)."""
+    shapes = []
+    start = 0
+    for size in locations.level_sizes:
+        level_points = locations.points[start : start + size]
+        start += size
+        width = int((level_points[:, 1] == level_points[0, 1]).sum())
+        shapes.append((size // width, width))
+    return shapes
+
+
+# ------------------------------------------------------------------------------------------------- CenterNet
+
+
+@torch.no_grad()
+def draw_centernet_targets(
+    model: centernet.CenterNet,
+    image: torch.Tensor,
+    target: dict[str, Any],
+    class_names: list[str],
+    out_png: str | Path,
+    predictions: bool = False,
+    score_threshold: float = 0.3,
+) -> dict[str, Any]:
+    """CenterNet: the target heatmap (max over classes) on the image, each object's peak in its class colour, and
+    the box the peak encodes (centre cell + offset target, +/- size target / 2) with its size as a cross. With
+    `predictions`: the predicted heatmap (sigmoid, max over classes) beside it, with the detections.
+
+    Returns:
+        {"path", "heatmap" (C, h, w) the target heatmap, "drawn_heatmap" (h, w) its max over classes, "peaks" (M, 2)
+         px, "encoded_boxes" (M, 4) px, "labels" (M,), "predictions" bool, "predicted_heatmap" and "detections"
+         (with predictions)}.
+    """
+    config = model.config
+    (heatmap_logits, _, _), image_size, detections = _run_model(model, image, predictions)
+    boxes, labels, iscrowd = _target_tensors(target, heatmap_logits.device)
+    output_size = tuple(heatmap_logits.shape[-2:])
+    targets = centernet.centernet_targets(
+        boxes, labels, model.num_classes, output_size, model.stride,
+        config.radius_formula, config.min_overlap, config.max_objects, iscrowd,
+    )
+    stride, width = model.stride, output_size[1]
+    cells = torch.stack([targets.indices % width, targets.indices // width], dim=1).float()  # (M, 2) x, y
+    centres = (cells + targets.offsets) * stride  # (M, 2) px
+    half_sizes = targets.sizes * stride / 2  # (M, 2) px
+    # A centre's class is the channel that is exactly 1 at its cell.
+    peak_labels = targets.heatmap.flatten(1)[:, targets.indices].argmax(dim=0)  # (C, h*w) -> (C, M) -> (M,)
+    heatmap = targets.heatmap.cpu()
+    drawn: dict[str, Any] = {
+        "heatmap": heatmap,
+        "drawn_heatmap": heatmap.max(dim=0).values.numpy(),
+        "peaks": centres.cpu().numpy(),
+        "encoded_boxes": torch.cat([centres - half_sizes, centres + half_sizes], dim=1).cpu().numpy(),
+        "labels": peak_labels.cpu().numpy(),
+        "predictions": predictions,
+    }
+
+    picture = _picture(image)
+    figure, axes = _panels(image_size, 2 if predictions else 1)
+    _show_picture(axes[0], picture, f"CenterNet targets: heatmap (max over classes), {_count(len(centres), 'peak')}")
+    _overlay_heatmap(axes[0], drawn["drawn_heatmap"], stride, image_size)
+    _draw_ground_truth(axes[0], boxes.cpu(), labels.cpu(), iscrowd.cpu(), class_names, crowd_only=True)
+    for (x, y), (x1, y1, x2, y2), label in zip(drawn["peaks"], drawn["encoded_boxes"], drawn["labels"].tolist()):
+        colour = _rgb(class_colour(label))
+        axes[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5))
+        axes[0].plot([x1, x2], [y, y], color=colour, linewidth=0.8, linestyle=":")  # the width target
+        axes[0].plot([x, x], [y1, y2], color=colour, linewidth=0.8, linestyle=":")  # the height target
+        axes[0].scatter([x], [y], s=30, color=colour, edgecolors="white", linewidths=0.8, zorder=3)
+    present = sorted(set(drawn["labels"].tolist()))
+    if present:
+        handles = [Patch(color=_rgb(class_colour(label)), label=class_names[label]) for label in present]
+        axes[0].legend(handles=handles, loc="upper right", fontsize=6, framealpha=0.75)
+
+    if predictions:
+        predicted = heatmap_logits[0].float().sigmoid().max(dim=0).values.cpu().numpy()  # (C, h, w) -> (h, w)
+        drawn["predicted_heatmap"] = predicted
+        _show_picture(axes[1], picture, f"predicted heatmap (sigmoid, max over classes), detections >= {score_threshold:g}")
+        _overlay_heatmap(axes[1], predicted, stride, image_size)
+        drawn["detections"] = _draw_detections(axes[1], detections, class_names, score_threshold)
+    drawn["path"] = _save(figure, out_png)
+    return drawn
+
+
+# ------------------------------------------------------------------------------------------------- CornerNet
+
+
+@torch.no_grad()
+def draw_cornernet_targets(
+    model: cornernet.CornerNet,
+    image: torch.Tensor,
+    target: dict[str, Any],
+    class_names: list[str],
+    out_png: str | Path,
+    predictions: bool = False,
+    score_threshold: float = 0.3,
+) -> dict[str, Any]:
+    """CornerNet: the top-left and bottom-right target heatmaps (max over classes) in two panels, each object's
+    corners (cell + offset target) marked and joined by a line, one colour per object. With `predictions`: the
+    predicted corner heatmaps (sigmoid, max over classes) beside them, with the decoded boxes and their corners.
+
+    Returns:
+        {"path", "top_left_heatmap", "bottom_right_heatmap" (C, h, w), "pairs" M, "top_left", "bottom_right" (M, 2)
+         px, "predictions" bool, "predicted_top_left", "predicted_bottom_right" (h, w) and "detections" (with
+         predictions)}.
+    """
+    config = model.config
+    (top_left_outputs, bottom_right_outputs), image_size, detections = _run_model(model, image, predictions)
+    boxes, labels, iscrowd = _target_tensors(target, top_left_outputs[0].device)
+    output_size = tuple(top_left_outputs[0].shape[-2:])
+    targets = cornernet.cornernet_targets(
+        boxes, labels, model.num_classes, output_size, model.stride,
+        config.radius_formula, config.min_overlap, config.max_objects, iscrowd,
+    )
+    stride, width = model.stride, output_size[1]
+
+    def corner_pixels(indices: torch.Tensor, offsets: torch.Tensor) -> np.ndarray:
+        cells = torch.stack([indices % width, indices // width], dim=1).float()  # (M, 2) x, y
+        return ((cells + offsets) * stride).cpu().numpy()
+
+    top_left = corner_pixels(targets.top_left_indices, targets.top_left_offsets)
+    bottom_right = corner_pixels(targets.bottom_right_indices, targets.bottom_right_offsets)
+    drawn: dict[str, Any] = {
+        "top_left_heatmap": targets.top_left_heatmap.cpu(),
+        "bottom_right_heatmap": targets.bottom_right_heatmap.cpu(),
+        "pairs": len(top_left),
+        "top_left": top_left,
+        "bottom_right": bottom_right,
+        "predictions": predictions,
+    }
+
+    picture = _picture(image)
+    figure, axes = _panels(image_size, 4 if predictions else 2)
+    corner_maps = (("top-left", drawn["top_left_heatmap"], top_left), ("bottom-right", drawn["bottom_right_heatmap"], bottom_right))
+    for panel, (name, heatmap, corners) in zip(axes[:2], corner_maps):
+        _show_picture(panel, picture, f"CornerNet {name} target heatmap, {_count(len(corners), 'pair')}")
+        _overlay_heatmap(panel, heatmap.max(dim=0).values.numpy(), stride, image_size)
+        _draw_ground_truth(panel, boxes.cpu(), labels.cpu(), iscrowd.cpu(), class_names, crowd_only=True)
+        for number, (start, end) in enumerate(zip(top_left, bottom_right)):
+            colour = OBJECT_COLOURS[number % len(OBJECT_COLOURS)]
+            size = end - start
+            panel.add_patch(Rectangle(start, size[0], size[1], fill=False, edgecolor=colour, linewidth=0.6, linestyle="--", alpha=0.7))
+            panel.plot([start[0], end[0]], [start[1], end[1]], color=colour, linewidth=1.2)
+            own = start if name == "top-left" else end
+            panel.scatter([own[0]], [own[1]], s=30, color=colour, edgecolors="white", linewidths=0.8, zorder=3)
+
+    if predictions:
+        predicted_maps = (("top-left", "top_left", top_left_outputs), ("bottom-right", "bottom_right", bottom_right_outputs))
+        for panel, (name, key, outputs) in zip(axes[2:], predicted_maps):
+            predicted = outputs[0][0].float().sigmoid().max(dim=0).values.cpu().numpy()  # (C, h, w) -> (h, w)
+            drawn[f"predicted_{key}"] = predicted
+            _show_picture(panel, picture, f"predicted {name} heatmap, detections >= {score_threshold:g}")
+            _overlay_heatmap(panel, predicted, stride, image_size)
+            drawn["detections"] = _draw_detections(panel, detections, class_names, score_threshold, corner=key)
+    drawn["path"] = _save(figure, out_png)
+    return drawn
+
+
+# ---------------------------------------------------------------------------------------------------- shared
+
+
+def _run_model(
+    model: torch.nn.Module, image: torch.Tensor, predictions: bool
+) -> tuple[Any, tuple[int, int], dict[str, torch.Tensor] | None]:
+    """The model's head outputs for one image (padded as the model pads), the image's (H, W), and, with
+    `predictions`, its eval-mode detections."""
+    model.eval()
+    device = next(model.parameters()).device
+    batch, image_sizes = batch_images([image.to(device)], model.size_divisor)
+    outputs = model.head_outputs(batch)
+    detections = {name: value.cpu() for name, value in model([image.to(device)])[0].items()} if predictions else None
+    return outputs, image_sizes[0], detections
+
+
+def _target_tensors(target: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    boxes = torch.as_tensor(target["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
+    labels = torch.as_tensor(target["labels"], dtype=torch.int64, device=device)
+    iscrowd = target.get("iscrowd")
+    if iscrowd is None:
+        return boxes, labels, torch.zeros(len(boxes), dtype=torch.bool, device=device)
+    iscrowd = torch.as_tensor(iscrowd, device=device).bool()
+    return boxes, labels, iscrowd
+
+
+def _picture(image: torch.Tensor) -> np.ndarray:
+    return denormalize(image.detach().cpu().float()).permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3) uint8
+
+
+def _panel_size(image_size: tuple[int, int]) -> tuple[float, float]:
+    """(width, height) in inches of a panel showing an image of (H, W) pixels, its longer side PANEL_INCHES."""
+    height, width = image_size
+    scale = PANEL_INCHES / max(height, width)
+    return max(width * scale, 1.5), max(height * scale, 1.5) + 0.3  # + the title
+
+
+def _panels(image_size: tuple[int, int], count: int) -> tuple[Figure, list[Axes]]:
+    panel_width, panel_height = _panel_size(image_size)
+    figure = Figure(figsize=(count * panel_width, panel_height), dpi=DPI, layout="constrained")
+    axes = figure.subplots(1, count, squeeze=False)[0]
+    return figure, list(axes)
+
+
+def _show_picture(axes: Axes, picture: np.ndarray, title: str, faint: bool = False) -> None:
+    """The image in its own pixel frame: pixel (i, j) covers [j, j + 1) x [i, i + 1), as boxes and cells do."""
+    height, width = picture.shape[:2]
+    shown = (picture.mean(axis=2) if faint else picture).astype(np.uint8)
+    axes.imshow(shown, extent=(0, width, height, 0), cmap="gray" if faint else None, alpha=0.45 if faint else 1.0, interpolation="bilinear")
+    axes.set_title(title, fontsize=6 if faint else 8)
+    axes.set_axis_off()
+    _crop(axes, (height, width))
+
+
+def _crop(axes: Axes, image_size: tuple[int, int]) -> None:
+    axes.set_xlim(0, image_size[1])
+    axes.set_ylim(image_size[0], 0)
+
+
+def _overlay_heatmap(axes: Axes, heatmap: np.ndarray, stride: int, image_size: tuple[int, int]) -> None:
+    """An (h, w) map in [0, 1] over the image: cell (i, j) covers input pixels [j s, (j + 1) s) x [i s, (i + 1) s),
+    coloured by value and as opaque as it is high (the image shows through where the map is 0)."""
+    values = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    colours = matplotlib.colormaps[HEATMAP_COLOURS](values)  # (h, w, 4)
+    colours[..., 3] = 0.8 * values
+    height, width = values.shape
+    axes.imshow(colours, extent=(0, width * stride, height * stride, 0), interpolation="nearest")
+    _crop(axes, image_size)
+
+
+def _draw_ground_truth(
+    axes: Axes,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    iscrowd: torch.Tensor,
+    class_names: list[str],
+    colour_by_class: bool = True,
+    crowd_only: bool = False,
+) -> None:
+    """Ground-truth boxes, thin and dashed (crowd boxes grey, labelled "crowd"), with their class names."""
+    for box, label, crowd in zip(boxes.tolist(), labels.tolist(), iscrowd.tolist()):
+        if crowd_only and not crowd:
+            continue
+        colour = _rgb(IGNORE_COLOUR) if crowd else (_rgb(class_colour(label)) if colour_by_class else "white")
+        axes.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, edgecolor=colour, linewidth=0.7, linestyle="--"))
+        axes.text(box[0], box[1], "crowd" if crowd else class_names[label], fontsize=5, color="black", va="bottom",
+                  bbox={"facecolor": colour, "edgecolor": "none", "pad": 0.5, "alpha": 0.8})
+
+
+def _draw_detections(
+    axes: Axes, detections: dict[str, torch.Tensor] | None, class_names: list[str], score_threshold: float, corner: str = ""
+) -> int:
+    """The best MAX_DRAWN_DETECTIONS detections at or above `score_threshold` as boxes in their class colour with
+    "name score"; with `corner` ("top_left" or "bottom_right"), that corner marked. Returns how many were drawn."""
+    if detections is None:
+        return 0
+    keep = torch.nonzero(detections["scores"] >= score_threshold).squeeze(1)[:MAX_DRAWN_DETECTIONS]  # sorted by score
+    boxes, scores, labels = detections["boxes"][keep].tolist(), detections["scores"][keep].tolist(), detections["labels"][keep].tolist()
+    for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels):
+        colour = _rgb(class_colour(label))
+        axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.2))
+        axes.text(x1, y1, f"{class_names[label]} {score:.2f}", fontsize=5, color="black", va="bottom",
+                  bbox={"facecolor": colour, "edgecolor": "none", "pad": 0.5, "alpha": 0.8})
+        if corner:
+            x, y = (x1, y1) if corner == "top_left" else (x2, y2)
+            axes.scatter([x], [y], s=20, marker="s", color=colour, edgecolors="white", linewidths=0.6, zorder=3)
+    return len(boxes)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _rgb(colour: tuple[int, int, int]) -> tuple[float, float, float]:
+    return tuple(channel / 255 for channel in colour)
+
+
+def _save(figure: Figure, out_png: str | Path) -> Path:
+    """Render with the Agg canvas and write the PNG atomically."""
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    out_png = Path(out_png)
+    atomic_write_bytes(out_png, buffer.getvalue())
+    return out_png
