@@ -33,6 +33,7 @@ from anchorfree.engine import autocast, data_paths, evaluate, read_split, resolv
 from anchorfree.engine import train as train_loop
 from anchorfree.evaluation import EvaluationResult
 from anchorfree.models import build_model
+from anchorfree.models.backbones import FrozenNorm
 from anchorfree.models.backbones import PretrainedWeightsUnavailable
 from anchorfree.plots import write_evaluation_plots
 from anchorfree.targets_view import select_images, write_targets
@@ -113,8 +114,11 @@ def load(path: str | Path, device: str = "auto") -> Detector:
     checkpoint = load_checkpoint(path)
     config = config_from_dict(checkpoint.metadata["config"])
     class_names = checkpoint.metadata["class_names"]
-    # Every weight comes from the checkpoint: building the model must not fetch ImageNet weights first.
+    # Every weight comes from the checkpoint: build without fetching ImageNet weights, with the frozen-norm
+    # wrapper a pretrained backbone trains in (same modules, same state-dict keys).
     model = build_model(replace(config.model, pretrained_backbone=False), len(class_names))
+    if config.model.pretrained_backbone:
+        model.backbone = FrozenNorm(model.backbone)
     missing, unexpected = model.load_state_dict(checkpoint.model_state, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {checkpoint.path} does not match its model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,3 +74,30 @@ def test_predict_refuses_a_float_tensor(tiny_overrides: Callable[..., dict[str, 
     detector = anchorfree.load(run)
     with pytest.raises(TypeError, match="uint8"):
         detector.predict(torch.rand(3, 32, 32))
+
+
+def test_a_checkpoint_of_a_pretrained_backbone_loads_without_the_imagenet_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loading takes every weight from the checkpoint: it must not ask torchvision for ImageNet weights (offline, the
+    # file is absent), and it must rebuild the frozen-norm structure the pretrained backbone trained in.
+    from anchorfree.checkpoint import save_checkpoint
+    from anchorfree.config import get_preset
+    from anchorfree.models import build_model
+
+    config = get_preset("fcos_cpu")
+    assert config.model.pretrained_backbone
+    model = build_model(replace(config.model, pretrained_backbone=False), 2)
+    model.backbone = backbones.FrozenNorm(model.backbone)
+    metadata = {"config": config.to_dict(), "class_names": ["a", "b"], "category_ids": [1, 2]}
+    path = save_checkpoint(tmp_path / "best.safetensors", model, metadata)
+
+    def no_download(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("loading a checkpoint asked for ImageNet weights")
+
+    monkeypatch.setattr(backbones.tv_models, "mobilenet_v2", lambda weights=None, **kwargs: no_download() if weights else ORIGINAL_MOBILENET(**kwargs))
+    detector = anchorfree.load(path, device="cpu")
+    assert isinstance(detector.model.backbone, backbones.FrozenNorm)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(detector.model.state_dict()[name], tensor)
+
+
+ORIGINAL_MOBILENET = backbones.tv_models.mobilenet_v2
