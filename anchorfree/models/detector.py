@@ -124,7 +124,8 @@ def select_detections(
     """
     detections = []
     for image_index, (height, width) in enumerate(image_sizes):
-        keep = scores[image_index] > score_threshold
+        # Non-finite scores or boxes (NaN features, catalogue C6) are dropped, never passed on.
+        keep = (scores[image_index] > score_threshold) & torch.isfinite(boxes[image_index]).all(dim=-1)
         image_boxes = clip_boxes_to_image(boxes[image_index, keep], (height, width))
         image_scores, image_labels = scores[image_index, keep], labels[image_index, keep]
         if soft_nms_sigma > 0:

@@ -61,7 +61,8 @@ def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, si
     # Shift each class to its own region so that boxes of different classes never overlap (as batched_nms does).
     offsets = labels.to(boxes.dtype) * (boxes.max() - boxes.min() + 1)
     shifted = boxes + offsets[:, None]
-    overlaps = box_iou(shifted, shifted)  # (D, D)
+    # Two zero-area boxes (clipped to an image edge) have IoU 0 / 0: count it as no overlap, never NaN.
+    overlaps = torch.nan_to_num(box_iou(shifted, shifted), nan=0.0)  # (D, D)
     scores = scores.clone()
     remaining = torch.ones_like(scores, dtype=torch.bool)
     picked = []

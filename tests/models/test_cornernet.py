@@ -732,3 +732,11 @@ def test_select_detections_with_soft_nms_keeps_order_by_decayed_score() -> None:
     assert detections["scores"].tolist() == sorted(detections["scores"].tolist(), reverse=True)
     assert detections["scores"][0] == pytest.approx(0.9)
     assert detections["scores"][-1] == pytest.approx(0.85 * math.exp(-0.81 / 0.5), abs=1e-6)
+
+
+def test_soft_nms_of_zero_area_boxes_keeps_scores_finite() -> None:
+    # Boxes clipped to an image edge can have zero width; IoU 0 / 0 must not turn the decayed scores into NaN.
+    boxes = torch.tensor([[5.0, 5.0, 5.0, 9.0], [5.0, 5.0, 5.0, 9.0], [0.0, 0.0, 4.0, 4.0]])
+    kept, decayed = soft_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.zeros(3, dtype=torch.long))
+    assert torch.isfinite(decayed).all()
+    assert kept.tolist() == [0, 1, 2] and decayed.tolist() == pytest.approx([0.9, 0.8, 0.7])
