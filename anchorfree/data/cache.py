@@ -14,9 +14,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from anchorfree.data.images import ImageLoadError, inspect_image
+from anchorfree.data.images import ImageLoadError, ImageTooLarge, inspect_image
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -66,11 +66,11 @@ class ImageInfoCache:
                 width, height = inspect_image(path, self.max_pixels)
                 entry = {"stamp": stamp, "size": [width, height]}
             except ImageLoadError as error:
-                entry = {"stamp": stamp, "problem": str(error)}
+                entry = {"stamp": stamp, "problem": str(error), "too_large": isinstance(error, ImageTooLarge)}
             self.entries[str(path)] = entry
             self.changed = True
         if "problem" in entry:
-            raise ImageLoadError(entry["problem"])
+            raise (ImageTooLarge if entry.get("too_large") else ImageLoadError)(entry["problem"])
         return entry["size"][0], entry["size"][1]
 
     def save(self) -> None:

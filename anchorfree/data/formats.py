@@ -243,9 +243,10 @@ def convert_dataset(
         raise FileExistsError(f"{out} exists and is not empty; choose a new output folder")
     splits = dataset_splits(source, data_format)
     datasets: dict[str, DetectionData] = {}
+    given_names = class_names or (read_dataset_yaml(source).names if detect_format(source) == "yaml" else None)
     for split, (split_path, split_format) in splits.items():
-        spec_names = class_names or (read_dataset_yaml(source).names if detect_format(source) == "yaml" else None)
-        names = spec_names or (next(iter(datasets.values())).class_names if datasets and split_format != "coco" else None)
+        # VOC and YOLO splits after the first take its classes, as training reads them (engine.read_splits).
+        names = given_names or (next(iter(datasets.values())).class_names if datasets and split_format != "coco" else None)
         datasets[split] = read_dataset(split_path, split, split_format, names, on_invalid=on_invalid)
     first = next(iter(datasets.values()))
     out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,10 @@ class ImageLoadError(ValueError):
     """An image file that cannot be used: missing, not an image, unsupported, corrupt or too small."""
 
 
+class ImageTooLarge(ImageLoadError):
+    """An image above the pixel limit: a possible decompression bomb, never decoded."""
+
+
 def load_image(path: str | Path, reduce_to: tuple[int, int] | None = None) -> torch.Tensor:
     """Decode an image file into a (3, H, W) uint8 RGB tensor, EXIF orientation applied.
 
@@ -50,7 +54,7 @@ def load_image(path: str | Path, reduce_to: tuple[int, int] | None = None) -> to
             image = ImageOps.exif_transpose(image)
             array = _to_rgb_array(image)
     except Image.DecompressionBombError as error:
-        raise ImageLoadError(f"{path}: {error}") from error
+        raise ImageTooLarge(f"{path}: {error}") from error
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ImageLoadError(f"{path}: cannot decode image ({error}); the file is corrupt, truncated or not an image") from error
     if min(array.shape[:2]) < MIN_IMAGE_SIDE:
@@ -78,7 +82,7 @@ def _check_header(path: Path, image: Image.Image, max_pixels: int) -> None:
         raise ImageLoadError(f"{path}: unsupported image format {image.format!r} (allowed: {', '.join(ALLOWED_FORMATS)})")
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageLoadError(
+        raise ImageTooLarge(
             f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} (a decompression bomb?); "
             "raise data.max_image_pixels if the image is genuine"
         )
@@ -110,7 +114,7 @@ def inspect_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple
                 with Image.open(path) as fresh:
                     fresh.verify()
     except Image.DecompressionBombError as error:
-        raise ImageLoadError(f"{path}: {error}") from error
+        raise ImageTooLarge(f"{path}: {error}") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         if isinstance(error, ImageLoadError):
             raise

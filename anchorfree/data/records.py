@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from anchorfree.data.cache import ImageInfoCache
-from anchorfree.data.images import ImageLoadError
+from anchorfree.data.images import ImageLoadError, ImageTooLarge
 
 
 # The first line of the readers' one summary warning ends with this (`data check` recognises it).
@@ -202,7 +202,7 @@ def check_image(
     try:
         width, height = cache.inspect(path)
     except ImageLoadError as error:
-        if "exceeds the limit" in str(error):
+        if isinstance(error, ImageTooLarge):
             raise InvalidAnnotation(f"{where}: {error}") from error
         problems.report("unusable image", f"{where}: {error}", hint="Use on_invalid=skip to leave such images out with a warning.")
         return None
