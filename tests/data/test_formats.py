@@ -282,3 +282,33 @@ def test_convert_refuses_a_non_empty_output_folder(tmp_path: Path) -> None:
     converted = convert_dataset(devkit, "coco", empty, class_names=["cat", "dog"])
     document = json.loads((empty / "annotations" / "instances_train.json").read_text())
     assert converted == empty / "data.yaml" and len(document["images"]) == 2
+
+
+@needs_shared
+def test_every_format_of_a_split_evaluates_to_the_same_metrics(tmp_path: Path) -> None:
+    # The evaluator receives COCO-form ground truth built from any reader: the COCO val split of bccd and its YOLO
+    # and VOC conversions give identical metrics for the same detections (the GT boxes, shifted and rescored).
+    from anchorfree.evaluation import evaluate_coco
+
+    coco = read_dataset(SHARED / "bccd" / "coco", "val")
+    yolo = read_dataset(convert_dataset(SHARED / "bccd" / "coco", "yolo", tmp_path / "yolo", images="symlink"), "val")
+    voc = read_dataset(convert_dataset(SHARED / "bccd" / "coco", "voc", tmp_path / "voc", images="symlink"), "val")
+
+    def detections(data) -> list[dict]:
+        by_name = {Path(record.file_name).name: record.image_id for record in data.records}
+        results = []
+        for record in sorted(coco.records, key=lambda record: record.file_name):
+            for index, (box, label) in enumerate(zip(record.boxes.tolist(), record.labels.tolist())):
+                shift = 3.0 * ((index % 5) - 2)
+                results.append({
+                    "image_id": by_name[Path(record.file_name).name], "category_id": data.category_ids[label],
+                    "bbox": [box[0] + shift, box[1], box[2] - box[0], box[3] - box[1]], "score": 1.0 - 0.001 * index,
+                })
+        return results
+
+    reference = evaluate_coco(coco.coco_ground_truth(), detections(coco))
+    for other in (yolo, voc):
+        result = evaluate_coco(other.coco_ground_truth(), detections(other))
+        for name, value in reference.stats.items():
+            assert result.stats[name] == pytest.approx(value, abs=1e-9), name
+    assert 0.2 < reference.stats["mAP"] < 1.0
