@@ -28,7 +28,7 @@ from tqdm import tqdm
 import anchorfree
 from anchorfree.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from anchorfree.config import Config, ConfigError, check_data, config_from_dict, dump_yaml, flatten
-from anchorfree.data.formats import read_dataset, read_dataset_yaml
+from anchorfree.data.formats import check_same_classes, read_dataset, read_dataset_yaml
 from anchorfree.data.dataset import DetectionDataset, collate, scale_to_original
 from anchorfree.data.records import DetectionData, InvalidAnnotation
 from anchorfree.data.transforms import eval_transforms, largest_input, train_transforms
@@ -159,13 +159,7 @@ def read_splits(config: Config) -> tuple[DetectionData, DetectionData | None]:
     # VOC and YOLO name classes, not ids: the val split is read with the train split's classes, so a class that
     # only val has is an error naming it. COCO splits carry their own categories, compared below.
     val_data = read_split(config, val_path, "val", None if train_data.format == "coco" else train_data.class_names)
-    if (val_data.category_ids, val_data.class_names) != (train_data.category_ids, train_data.class_names):
-        differences = sorted(
-            set(zip(train_data.category_ids, train_data.class_names)) ^ set(zip(val_data.category_ids, val_data.class_names))
-        )
-        raise InvalidAnnotation(
-            f"{train_path} and {val_path} disagree on categories: (id, name) pairs in only one of them: {differences}"
-        )
+    check_same_classes(train_data, val_data)
     return train_data, val_data
 
 
@@ -212,10 +206,15 @@ def predict_dataset(model: nn.Module, dataset: DetectionDataset, device: torch.d
     return results
 
 
+def evaluation_dataset(config: Config, data: DetectionData) -> DetectionDataset:
+    """A split as evaluation sees it: the config's deterministic resize (`data.val_size`, `data.resize`), no augmentation."""
+    size, max_size, resize = config.data.val_size, config.data.max_size, config.data.resize
+    return DetectionDataset(data, eval_transforms(size, max_size, resize=resize), largest_input(size, max_size, resize))
+
+
 def evaluate(model: nn.Module, data: DetectionData, config: Config, device: torch.device, progress: bool = True) -> tuple[EvaluationResult, list[dict]]:
     """COCO metrics of `model` on `data` (pycocotools underneath), and the detections they were computed from."""
-    size, max_size, resize = config.data.val_size, config.data.max_size, config.data.resize
-    dataset = DetectionDataset(data, eval_transforms(size, max_size, resize=resize), largest_input(size, max_size, resize))
+    dataset = evaluation_dataset(config, data)
     detections = predict_dataset(model, dataset, device, config.train.batch_size, config.data.workers, config.train.amp, progress)
     max_detections = getattr(config.model, config.model.name).max_detections
     return evaluate_coco(data.coco_ground_truth(), detections, max_detections=max_detections), detections

@@ -14,7 +14,6 @@ module changes no global matplotlib state (backend, rcParams, open figures). Eve
 from __future__ import annotations
 
 import csv
-import io
 import math
 import warnings
 from collections.abc import Sequence
@@ -23,17 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
-from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from anchorfree.checkpoint import atomic_write_bytes
+from anchorfree.drawing import class_colour, fit_to_tile, save_figure, save_image, unit_rgb
 from anchorfree.data.images import load_image
 from anchorfree.data.records import DetectionData, ImageRecord
-from anchorfree.data.report import class_colour
 from anchorfree.evaluation import EvaluationResult, confusion_matrix
 
 DPI = 100
@@ -49,25 +45,6 @@ EVALUATION_PLOTS = (
     "confusion_matrix_normalized.png",
     "val_predictions.png",
 )
-
-
-def _save(figure: Figure, out_png: str | Path) -> Path:
-    """Render `figure` with Agg and write it to `out_png` atomically; returns the path."""
-    FigureCanvasAgg(figure)  # attaches itself to the figure: no pyplot, no global backend
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    out_png = Path(out_png)
-    atomic_write_bytes(out_png, buffer.getvalue())
-    return out_png
-
-
-def _save_image(image: torch.Tensor, out_png: str | Path) -> Path:
-    """Write a (3, H, W) uint8 image as a PNG atomically; returns the path."""
-    buffer = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG")  # (3, H, W) -> (H, W, 3)
-    out_png = Path(out_png)
-    atomic_write_bytes(out_png, buffer.getvalue())
-    return out_png
 
 
 # ---------------------------------------------------------------------------------------------- training curves
@@ -138,7 +115,7 @@ def plot_results(metrics_csv: str | Path, out_png: str | Path) -> Path:
         axis.grid(alpha=0.3)
     for axis in axes[panels:]:
         axis.set_visible(False)
-    return _save(figure, out_png)
+    return save_figure(figure, out_png, DPI)
 
 
 # -------------------------------------------------------------------------------------- precision-recall and F1
@@ -200,7 +177,7 @@ def plot_pr_curves(result: EvaluationResult, out_png: str | Path, iou: str = "50
     show_legend = has_ground_truth.sum() <= CLASS_LEGEND_LIMIT
     for k in np.flatnonzero(has_ground_truth):
         label = f"{names[k]} {np.nanmean(curves[k]):.3f}" if show_legend else None
-        axis.plot(recall, curves[k], linewidth=1.0, alpha=0.8, color=class_colour_float(int(k)), label=label)
+        axis.plot(recall, curves[k], linewidth=1.0, alpha=0.8, color=unit_rgb(class_colour(int(k))), label=label)
     if has_ground_truth.any():
         mean = np.nanmean(curves[has_ground_truth], axis=0)  # (R,)
         axis.plot(recall, mean, linewidth=3.0, color="black", label=f"all classes {np.mean(mean):.3f}")
@@ -213,7 +190,7 @@ def plot_pr_curves(result: EvaluationResult, out_png: str | Path, iou: str = "50
     axis.set_ylabel("precision (COCO 101-point interpolated)")
     axis.set_title(f"precision-recall, IoU {'0.5' if iou == '50' else '0.5:0.95 (mean)'}")
     axis.grid(alpha=0.3)
-    return _save(figure, out_png)
+    return save_figure(figure, out_png, DPI)
 
 
 def f1_curves(result: EvaluationResult, confidences: np.ndarray) -> np.ndarray:
@@ -266,7 +243,7 @@ def plot_f1_curve(result: EvaluationResult, out_png: str | Path, grid_points: in
     show_legend = has_ground_truth.sum() <= CLASS_LEGEND_LIMIT
     for k in np.flatnonzero(has_ground_truth):
         label = names[k] if show_legend else None
-        axis.plot(confidences, curves[k], linewidth=1.0, alpha=0.8, color=class_colour_float(int(k)), label=label)
+        axis.plot(confidences, curves[k], linewidth=1.0, alpha=0.8, color=unit_rgb(class_colour(int(k))), label=label)
     title = "F1 at IoU 0.5 (from COCO's interpolated precision)"
     if has_ground_truth.any():
         mean = curves[has_ground_truth].mean(axis=0)  # (C,)
@@ -285,12 +262,7 @@ def plot_f1_curve(result: EvaluationResult, out_png: str | Path, grid_points: in
     axis.set_ylabel("F1")
     axis.set_title(title)
     axis.grid(alpha=0.3)
-    return _save(figure, out_png)
-
-
-def class_colour_float(label: int) -> tuple[float, float, float]:
-    """`class_colour` (the colour `data show` draws a class with) as matplotlib's 0-1 RGB."""
-    return tuple(channel / 255 for channel in class_colour(label))  # type: ignore[return-value]
+    return save_figure(figure, out_png, DPI)
 
 
 # ------------------------------------------------------------------------------------------- confusion matrix
@@ -335,21 +307,10 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], out_pn
                 text = f"{values[row, column]:.2f}" if normalize else f"{int(matrix[row, column])}"
                 colour = "white" if values[row, column] > threshold else "black"
                 axis.text(column, row, text, ha="center", va="center", fontsize="small", color=colour)
-    return _save(figure, out_png)
+    return save_figure(figure, out_png, DPI)
 
 
 # ----------------------------------------------------------------------------------------- prediction samples
-
-
-def _fit_to_tile(image: torch.Tensor, tile_size: int) -> tuple[torch.Tensor, float, float]:
-    """(3, tile_size, tile_size) uint8: `image` scaled so its longer side fits, padded bottom/right; and the
-    (x, y) scale factors applied to it."""
-    height, width = image.shape[-2:]
-    scale = tile_size / max(height, width)
-    new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
-    tile = torch.zeros((3, tile_size, tile_size), dtype=torch.uint8)
-    tile[:, :new_height, :new_width] = F.resize(image, [new_height, new_width], antialias=True)
-    return tile, new_width / width, new_height / height
 
 
 def _draw(tile: torch.Tensor, boxes: list[list[float]], labels: list[int], captions: list[str], scale: tuple[float, float]) -> torch.Tensor:
@@ -395,7 +356,7 @@ def plot_predictions_grid(
     tiles = []
     for index in indices:
         record = records[index]
-        tile, scale_x, scale_y = _fit_to_tile(load_image(record.path), tile_size)
+        tile, scale_x, scale_y = fit_to_tile(load_image(record.path), tile_size)
         labels = record.labels.tolist()
         truth = _draw(tile, record.boxes.tolist(), labels, [class_names[label] for label in labels], (scale_x, scale_y))
         found = sorted(by_image.get(record.image_id, []), key=lambda detection: -detection["score"])
@@ -404,7 +365,7 @@ def plot_predictions_grid(
         captions = [f"{class_names[label]} {detection['score']:.2f}" for label, detection in zip(found_labels, found)]
         tiles += [truth, _draw(tile, boxes, found_labels, captions, (scale_x, scale_y))]
     grid = make_grid(tiles, nrow=2 * pairs_per_row, padding=4, pad_value=255)  # (3, rows * (tile + 4) + 4, ...)
-    return _save_image(grid, out_png)
+    return save_image(grid, out_png)
 
 
 # ------------------------------------------------------------------------------------------- all of the above

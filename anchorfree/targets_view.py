@@ -17,7 +17,6 @@ atomically. Each drawing function returns what it drew (counts and arrays), so a
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from collections.abc import Sequence
@@ -28,17 +27,15 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from anchorfree.checkpoint import atomic_write_bytes
+from anchorfree.drawing import IGNORE_COLOUR, class_colour, save_figure, unit_rgb
 from anchorfree.config import Config
-from anchorfree.data.dataset import DetectionDataset
 from anchorfree.data.records import DetectionData
-from anchorfree.data.report import IGNORE_COLOUR, class_colour
-from anchorfree.data.transforms import denormalize, eval_transforms, largest_input
+from anchorfree.data.transforms import denormalize
+from anchorfree.engine import evaluation_dataset
 from anchorfree.models import centernet, cornernet, fcos
 from anchorfree.models.detector import batch_images
 from anchorfree.ops.boxes import boxes_to_distances
@@ -63,9 +60,7 @@ def network_input(data: DetectionData, index: int, config: Config) -> tuple[torc
         image (3, H, W) float, normalised; target {"boxes" (M, 4) in its pixels, "labels", "iscrowd", ...}
         (see `DetectionDataset`).
     """
-    size, max_size, resize = config.data.val_size, config.data.max_size, config.data.resize
-    dataset = DetectionDataset(data, eval_transforms(size, max_size, resize=resize), largest_input(size, max_size, resize))
-    return dataset[index]
+    return evaluation_dataset(config, data)[index]
 
 
 def select_images(data: DetectionData, images: Sequence[int | str] | None = None, count: int = 4) -> list[int]:
@@ -211,7 +206,6 @@ def draw_fcos_targets(
     }
 
     picture = _picture(image)
-    level_shapes = _level_shapes(locations)
     panel_width, panel_height = _panel_size(image_size)
     columns = len(strides)
     if predictions:
@@ -227,7 +221,7 @@ def draw_fcos_targets(
     ignored = point_labels == fcos.IGNORE
     if ignored.any():
         ignored_points = locations.points[ignored].cpu().numpy()
-        target_axes.scatter(ignored_points[:, 0], ignored_points[:, 1], s=10, marker="x", linewidths=0.8, color=_rgb(IGNORE_COLOUR))
+        target_axes.scatter(ignored_points[:, 0], ignored_points[:, 1], s=10, marker="x", linewidths=0.8, color=unit_rgb(IGNORE_COLOUR))
     levels, weights, point_array = drawn["levels"], drawn["centerness"], drawn["points"]
     if len(point_array):
         colours = np.array([matplotlib.colors.to_rgba(LEVEL_COLOURS[level % len(LEVEL_COLOURS)]) for level in levels])
@@ -255,7 +249,7 @@ def draw_fcos_targets(
                    label=f"P{int(math.log2(stride))} /{stride}: max(l,t,r,b) {bounds[level]:g}-{high} px, {count}")
         )
     if drawn["ignored"]:
-        handles.append(Line2D([], [], marker="x", linestyle="", color=_rgb(IGNORE_COLOUR), label=f"ignore (crowd), {drawn['ignored']}"))
+        handles.append(Line2D([], [], marker="x", linestyle="", color=unit_rgb(IGNORE_COLOUR), label=f"ignore (crowd), {drawn['ignored']}"))
     figure.legend(
         handles=handles, loc="outside lower left", ncols=2, fontsize=7, frameon=False,
         title="FPN level (dot size and opacity: centerness target)", title_fontsize=7,
@@ -268,7 +262,7 @@ def draw_fcos_targets(
         scores = class_logits[0].float().sigmoid().max(dim=1).values  # (P, C) -> (P,)
         centerness_map = centerness_logits[0].float().sigmoid()  # (P,)
         start = 0
-        for level, ((height, width), stride) in enumerate(zip(level_shapes, strides)):
+        for level, ((height, width), stride) in enumerate(zip(locations.level_shapes, strides)):
             level_slice = slice(start, start + height * width)
             start += height * width
             for row, (name, values) in enumerate((("score", scores), ("centerness", centerness_map))):
@@ -278,20 +272,8 @@ def draw_fcos_targets(
                 extent = (0, width * stride, height * stride, 0)
                 axes.imshow(level_map, cmap="viridis", vmin=0.0, vmax=1.0, alpha=0.8, extent=extent, interpolation="nearest")
                 _crop(axes, image_size)
-    drawn["path"] = _save(figure, out_png)
+    drawn["path"] = save_figure(figure, out_png, DPI)
     return drawn
-
-
-def _level_shapes(locations: fcos.FCOSLocations) -> list[tuple[int, int]]:
-    """(H_l, W_l) of each level, from its row-major grid of points (a row is the points sharing the first y)."""
-    shapes = []
-    start = 0
-    for size in locations.level_sizes:
-        level_points = locations.points[start : start + size]
-        start += size
-        width = int((level_points[:, 1] == level_points[0, 1]).sum())
-        shapes.append((size // width, width))
-    return shapes
 
 
 # ------------------------------------------------------------------------------------------------- CenterNet
@@ -346,14 +328,14 @@ def draw_centernet_targets(
     _overlay_heatmap(axes[0], drawn["drawn_heatmap"], stride, image_size)
     _draw_ground_truth(axes[0], boxes.cpu(), labels.cpu(), iscrowd.cpu(), class_names, crowd_only=True)
     for (x, y), (x1, y1, x2, y2), label in zip(drawn["peaks"], drawn["encoded_boxes"], drawn["labels"].tolist()):
-        colour = _rgb(class_colour(label))
+        colour = unit_rgb(class_colour(label))
         axes[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5))
         axes[0].plot([x1, x2], [y, y], color=colour, linewidth=0.8, linestyle=":")  # the width target
         axes[0].plot([x, x], [y1, y2], color=colour, linewidth=0.8, linestyle=":")  # the height target
         axes[0].scatter([x], [y], s=30, color=colour, edgecolors="white", linewidths=0.8, zorder=3)
     present = sorted(set(drawn["labels"].tolist()))
     if present:
-        handles = [Patch(color=_rgb(class_colour(label)), label=class_names[label]) for label in present]
+        handles = [Patch(color=unit_rgb(class_colour(label)), label=class_names[label]) for label in present]
         axes[0].legend(handles=handles, loc="upper right", fontsize=6, framealpha=0.75)
 
     if predictions:
@@ -362,7 +344,7 @@ def draw_centernet_targets(
         _show_picture(axes[1], picture, f"predicted heatmap (sigmoid, max over classes), detections >= {score_threshold:g}")
         _overlay_heatmap(axes[1], predicted, stride, image_size)
         drawn["detections"] = _draw_detections(axes[1], detections, class_names, score_threshold)
-    drawn["path"] = _save(figure, out_png)
+    drawn["path"] = save_figure(figure, out_png, DPI)
     return drawn
 
 
@@ -436,7 +418,7 @@ def draw_cornernet_targets(
             _show_picture(panel, picture, f"predicted {name} heatmap, detections >= {score_threshold:g}")
             _overlay_heatmap(panel, predicted, stride, image_size)
             drawn["detections"] = _draw_detections(panel, detections, class_names, score_threshold, corner=key)
-    drawn["path"] = _save(figure, out_png)
+    drawn["path"] = save_figure(figure, out_png, DPI)
     return drawn
 
 
@@ -523,7 +505,7 @@ def _draw_ground_truth(
     for box, label, crowd in zip(boxes.tolist(), labels.tolist(), iscrowd.tolist()):
         if crowd_only and not crowd:
             continue
-        colour = _rgb(IGNORE_COLOUR) if crowd else (_rgb(class_colour(label)) if colour_by_class else "white")
+        colour = unit_rgb(IGNORE_COLOUR) if crowd else (unit_rgb(class_colour(label)) if colour_by_class else "white")
         axes.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, edgecolor=colour, linewidth=0.7, linestyle="--"))
         axes.text(box[0], box[1], "crowd" if crowd else class_names[label], fontsize=5, color="black", va="bottom",
                   bbox={"facecolor": colour, "edgecolor": "none", "pad": 0.5, "alpha": 0.8})
@@ -539,7 +521,7 @@ def _draw_detections(
     keep = torch.nonzero(detections["scores"] >= score_threshold).squeeze(1)[:MAX_DRAWN_DETECTIONS]  # sorted by score
     boxes, scores, labels = detections["boxes"][keep].tolist(), detections["scores"][keep].tolist(), detections["labels"][keep].tolist()
     for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels):
-        colour = _rgb(class_colour(label))
+        colour = unit_rgb(class_colour(label))
         axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.2))
         axes.text(x1, y1, f"{class_names[label]} {score:.2f}", fontsize=5, color="black", va="bottom",
                   bbox={"facecolor": colour, "edgecolor": "none", "pad": 0.5, "alpha": 0.8})
@@ -553,15 +535,3 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _rgb(colour: tuple[int, int, int]) -> tuple[float, float, float]:
-    return tuple(channel / 255 for channel in colour)
-
-
-def _save(figure: Figure, out_png: str | Path) -> Path:
-    """Render with the Agg canvas and write the PNG atomically."""
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    out_png = Path(out_png)
-    atomic_write_bytes(out_png, buffer.getvalue())
-    return out_png

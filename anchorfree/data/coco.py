@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,7 @@ def read_coco(
     records = []
     root = Path(image_root) if image_root is not None else None
     cache = ImageInfoCache(content_hash(content, str(annotation_file.resolve()), str(root)), max_image_pixels)
+    boxes_seen, boxes_beyond = 0, 0  # boxes reaching past the right or bottom edge: a hint of [x1, y1, x2, y2]
     for image_id, image in images.items():
         if root is None:
             root = find_image_root(annotation_file, image["file_name"], image_id)
@@ -145,11 +147,27 @@ def read_coco(
         size = check_image(path, (image.get("width"), image.get("height")), cache, problems, where, trust_image_size)
         if size is None:
             continue
+        boxes_seen += len(per_image[image_id])
+        boxes_beyond += sum(box[2] > size[0] + 1 or box[3] > size[1] + 1 for _, _, box, _, _ in per_image[image_id])
         records.append(build_record(image_id, image["file_name"], path, size[0], size[1], per_image[image_id], problems, where))
     cache.save()
-    problems.check_box_format("COCO [x, y, width, height]")
+    _check_box_format(annotation_file, boxes_seen, boxes_beyond, on_invalid)
     problems.warn_summary()
     return DetectionData(records, class_names, category_ids, annotation_file, dict(problems.counts), dict(problems.examples), "coco")
+
+
+def _check_box_format(annotation_file: Path, boxes_seen: int, boxes_beyond: int, on_invalid: str) -> None:
+    """Warn (raise under on_invalid='error') when over 5% of at least 20 boxes overflow their image: the usual sign
+    of [x1, y1, x2, y2] written where COCO's [x, y, width, height] belongs."""
+    if boxes_seen < 20 or boxes_beyond <= 0.05 * boxes_seen:
+        return
+    message = (
+        f"{annotation_file}: {boxes_beyond} of {boxes_seen} boxes extend past the image's right or bottom edge; the boxes "
+        "may not be COCO [x, y, width, height] (e.g. [x1, y1, x2, y2] given where [x, y, width, height] is expected)"
+    )
+    if on_invalid == "error":
+        raise InvalidAnnotation(message)
+    warnings.warn(message, stacklevel=3)
 
 
 def _safe_join(root: Path, file_name: str, annotation_file: Path, image_id: int) -> Path:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -113,7 +114,8 @@ def detect_format(path: str | Path) -> str:
         raise InvalidAnnotation(f"{path}: cannot tell the dataset format of a {suffix or 'suffix-less'} file (expected .json, .yaml, or a folder)")
     if (path / "Annotations").is_dir() or next(path.glob("*.xml"), None) is not None:
         return "voc"
-    if (path / "labels").is_dir() or label_path(path / "x.jpg").parent.is_dir() and label_path(path / "x.jpg").parent != path:
+    labels_folder = label_path(path / "x.jpg").parent  # .../images/train -> .../labels/train
+    if (path / "labels").is_dir() or (labels_folder != path and labels_folder.is_dir()):
         return "yolo"
     if _coco_files(path):
         return "coco"
@@ -217,6 +219,37 @@ def dataset_splits(path: str | Path, data_format: str = "") -> dict[str, tuple[P
     return {name if name in SPLITS else "train": (path, data_format)}
 
 
+def check_same_classes(reference: DetectionData, other: DetectionData) -> None:
+    """Raise InvalidAnnotation, naming the (id, name) pairs only one has, when two splits disagree on their classes."""
+    if (other.category_ids, other.class_names) != (reference.category_ids, reference.class_names):
+        differences = sorted(set(zip(reference.category_ids, reference.class_names)) ^ set(zip(other.category_ids, other.class_names)))
+        raise InvalidAnnotation(
+            f"{reference.source} and {other.source} disagree on categories: (id, name) pairs in only one of them: {differences}"
+        )
+
+
+def iter_splits(
+    path: str | Path, data_format: str = "", class_names: list[str] | None = None, on_invalid: str = "skip"
+) -> Iterator[tuple[str, DetectionData]]:
+    """(split, its data) for every split at `path` (`dataset_splits`), in train, val, test order, read lazily.
+
+    VOC and YOLO splits after the first are read with the first one's classes (as training reads val), so a class
+    only one split has is an error naming it; COCO splits must agree on their categories (`check_same_classes`).
+    A dataset YAML is read through itself, so its `names` and `images` apply (a given format is its splits').
+    """
+    is_yaml = Path(path).suffix.lower() in (".yaml", ".yml")
+    first: DetectionData | None = None
+    for split, (split_path, split_format) in dataset_splits(path, "yaml" if is_yaml else data_format).items():
+        names = class_names or (first.class_names if first is not None and split_format != "coco" else None)
+        source, source_format = (path, data_format) if is_yaml else (split_path, split_format)
+        data = read_dataset(source, split, source_format, names, on_invalid=on_invalid)
+        if first is None:
+            first = data
+        else:
+            check_same_classes(first, data)
+        yield split, data
+
+
 def convert_dataset(
     source: str | Path,
     to: str,
@@ -241,13 +274,7 @@ def convert_dataset(
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new output folder")
-    splits = dataset_splits(source, data_format)
-    datasets: dict[str, DetectionData] = {}
-    given_names = class_names or (read_dataset_yaml(source).names if detect_format(source) == "yaml" else None)
-    for split, (split_path, split_format) in splits.items():
-        # VOC and YOLO splits after the first take its classes, as training reads them (engine.read_splits).
-        names = given_names or (next(iter(datasets.values())).class_names if datasets and split_format != "coco" else None)
-        datasets[split] = read_dataset(split_path, split, split_format, names, on_invalid=on_invalid)
+    datasets = dict(iter_splits(source, data_format, class_names, on_invalid))
     first = next(iter(datasets.values()))
     out.mkdir(parents=True, exist_ok=True)
     if to == "coco":

@@ -87,8 +87,6 @@ class ProblemLog:
         self.on_invalid = on_invalid
         self.counts: dict[str, int] = {}
         self.examples: dict[str, list[str]] = {}
-        self.boxes_seen = 0
-        self.boxes_beyond_image = 0  # boxes reaching past the right or bottom edge before clipping
 
     def report(self, kind: str, message: str, hint: str = "Use on_invalid=skip to drop such boxes with a warning.") -> None:
         """A per-box problem: raise under on_invalid='error', otherwise count it and keep the example."""
@@ -102,18 +100,6 @@ class ProblemLog:
         self.examples.setdefault(kind, [])
         if len(self.examples[kind]) < 3:
             self.examples[kind].append(message)
-
-    def check_box_format(self, expected: str) -> None:
-        """Warn (or raise under on_invalid='error') when many boxes overflow the image: a coordinate-format mix-up."""
-        if self.boxes_seen < 20 or self.boxes_beyond_image <= 0.05 * self.boxes_seen:
-            return
-        message = (
-            f"{self.source}: {self.boxes_beyond_image} of {self.boxes_seen} boxes extend past the image's right or bottom edge; "
-            f"the boxes may not be {expected} (e.g. [x1, y1, x2, y2] given where [x, y, width, height] is expected)"
-        )
-        if self.on_invalid == "error":
-            raise InvalidAnnotation(message)
-        warnings.warn(message, stacklevel=3)
 
     def warn_summary(self) -> None:
         if not self.counts:
@@ -142,9 +128,6 @@ def build_record(
     boxes, labels, crowds, annotation_ids = [], [], [], []
     seen: set[tuple] = set()
     for annotation_id, reference, box, label, crowd in objects:
-        problems.boxes_seen += 1
-        if box[2] > width + 1 or box[3] > height + 1:
-            problems.boxes_beyond_image += 1
         if box[2] <= box[0] or box[3] <= box[1]:
             problems.report("zero-size box", f"{where} {reference}: box {box.tolist()} has width or height 0 (must be > 0)")
             continue

@@ -12,7 +12,6 @@ Only files under our own cache folder and the given output paths are written; th
 
 from __future__ import annotations
 
-import io
 import random
 import warnings
 from collections.abc import Iterator
@@ -21,41 +20,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from anchorfree.checkpoint import atomic_write_bytes
-from anchorfree.data.formats import dataset_splits, detect_format, read_dataset
+from anchorfree.data.formats import dataset_splits, detect_format, iter_splits
 from anchorfree.data.images import ImageLoadError, load_image
 from anchorfree.data.records import PROBLEM_SUMMARY, DetectionData, ImageRecord, InvalidAnnotation
+from anchorfree.drawing import IGNORE_COLOUR, class_colour, fit_to_tile, save_image
 
 # COCO's size ranges, on box area in pixels of the (EXIF-oriented) image: small < 32^2 <= medium < 96^2 <= large.
 SIZE_RANGES = (("small", 32**2), ("medium", 96**2), ("large", float("inf")))
 DECODE_PROBLEM = "image fails to decode"
 MAX_EXAMPLES = 3  # as the readers' ProblemLog keeps
-# One colour per class (cycled), none of them grey, which is kept for crowd / difficult (ignore) boxes.
-CLASS_COLOURS = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (255, 225, 25),
-    (0, 128, 128),
-    (170, 110, 40),
-    (128, 0, 0),
-)
-IGNORE_COLOUR = (160, 160, 160)
 _LIBRARY_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)  # about our dependencies, not the data
-
-
-def class_colour(label: int) -> tuple[int, int, int]:
-    """The RGB colour `show_dataset` draws class `label` (a contiguous class index) with."""
-    return CLASS_COLOURS[label % len(CLASS_COLOURS)]
 
 
 def dataset_report(
@@ -115,37 +91,22 @@ def dataset_report(
 def _read_splits(
     path: str | Path, data_format: str, class_names: list[str] | None, on_invalid: str, last: str | None = None
 ) -> Iterator[tuple[str, DetectionData, list[str]]]:
-    """(split, its data, the reader's warning texts) for each split at `path`, in train, val, test order, up to
-    `last`. VOC and YOLO splits after the first are read with the first one's classes (as training reads val), so
-    a class only one split has is an error naming it; COCO splits must agree on their categories."""
-    first: DetectionData | None = None
-    for split, (split_path, split_format) in _dataset_splits(path, data_format).items():
-        names = class_names or (first.class_names if first is not None and split_format != "coco" else None)
-        # A dataset YAML is read through itself, so its `names` and `images` apply.
-        source, source_format = (path, data_format) if _is_yaml(path) else (split_path, split_format)
+    """`iter_splits` up to the split `last`, with the warning texts each split's reader gave."""
+    splits = iter_splits(path, data_format, class_names, on_invalid)
+    while True:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            data = read_dataset(source, split, source_format, names, on_invalid=on_invalid)
-        texts = [str(warning.message) for warning in caught if not issubclass(warning.category, _LIBRARY_WARNINGS)]
-        if first is None:
-            first = data
-        elif (data.category_ids, data.class_names) != (first.category_ids, first.class_names):
-            differences = sorted(set(zip(first.category_ids, first.class_names)) ^ set(zip(data.category_ids, data.class_names)))
-            raise InvalidAnnotation(
-                f"{first.source} and {data.source} disagree on categories: (id, name) pairs in only one of them: {differences}"
-            )
-        yield split, data, texts
+            step = next(splits, None)
+        if step is None:
+            return
+        split, data = step
+        yield split, data, [str(warning.message) for warning in caught if not issubclass(warning.category, _LIBRARY_WARNINGS)]
         if split == last:
             return
 
 
 def _is_yaml(path: str | Path) -> bool:
     return Path(path).suffix.lower() in (".yaml", ".yml")
-
-
-def _dataset_splits(path: str | Path, data_format: str) -> dict[str, tuple[Path, str]]:
-    """`dataset_splits`, where a dataset YAML stays a YAML when a format is given (it is then its splits' format)."""
-    return dataset_splits(path, "yaml" if _is_yaml(path) else data_format)
 
 
 def _split_summary(data: DetectionData) -> dict[str, Any]:
@@ -264,7 +225,7 @@ def show_dataset(
     """
     if count < 1 or columns < 1 or tile_size < 1:
         raise ValueError(f"count, columns and tile_size must be positive, got {count}, {columns}, {tile_size}")
-    available = _dataset_splits(path, data_format)
+    available = dataset_splits(path, "yaml" if _is_yaml(path) else data_format)
     split = split or ("train" if "train" in available else next(iter(available)))
     if split not in available:
         raise InvalidAnnotation(f"{path}: no '{split}' split (it has {', '.join(available)})")
@@ -277,25 +238,16 @@ def show_dataset(
     indices = sorted(random.Random(seed).sample(range(len(data.records)), min(count, len(data.records))))
     tiles = [_draw_tile(data.records[index], data.class_names, tile_size) for index in indices]
     grid = make_grid(tiles, nrow=columns, padding=2, pad_value=255)  # (3, rows * (tile + 2) + 2, columns * (tile + 2) + 2)
-    buffer = io.BytesIO()
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(buffer, format="PNG")  # (3, H, W) -> (H, W, 3)
-    out_png = Path(out_png)
-    atomic_write_bytes(out_png, buffer.getvalue())
-    return out_png
+    return save_image(grid, out_png)
 
 
 def _draw_tile(record: ImageRecord, class_names: list[str], tile_size: int) -> torch.Tensor:
     """(3, tile_size, tile_size) uint8: the record's image scaled to fit, padded bottom/right, boxes drawn."""
-    image = load_image(record.path)  # (3, H, W) uint8, EXIF applied: the frame the record's boxes are in
-    height, width = image.shape[-2:]
-    scale = tile_size / max(height, width)
-    new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
-    image = F.resize(image, [new_height, new_width], antialias=True)
-    tile = torch.zeros((3, tile_size, tile_size), dtype=torch.uint8)
-    tile[:, :new_height, :new_width] = image
+    # (3, H, W) uint8, EXIF applied: the frame the record's boxes are in
+    tile, scale_x, scale_y = fit_to_tile(load_image(record.path), tile_size)
     if len(record.boxes) == 0:
         return tile
-    boxes = torch.from_numpy(np.asarray(record.boxes, dtype=np.float32)) * torch.tensor([new_width / width, new_height / height] * 2)
+    boxes = torch.from_numpy(np.asarray(record.boxes, dtype=np.float32)) * torch.tensor([scale_x, scale_y] * 2)
     colours = [IGNORE_COLOUR if crowd else class_colour(label) for label, crowd in zip(record.labels.tolist(), record.iscrowd.tolist())]
     captions = [class_names[label] for label in record.labels.tolist()]
     return draw_bounding_boxes(tile, boxes, labels=captions, colors=colours, width=2)

@@ -58,6 +58,7 @@ class CenterNetConfig:
     # each a duplicate box; class-aware NMS at this IoU removes them (the released code has an optional
     # soft-NMS at test time). See docs/benchmarks.md for what it changes.
     nms_threshold: float = 0.0
+    soft_nms_sigma: float = 0.0  # > 0: class-aware Gaussian soft-NMS with this sigma instead (the released code's option)
     flip_test: bool = False  # average the heatmaps and sizes of the image and its mirror at test time
 
 
@@ -307,7 +308,9 @@ class CenterNet(nn.Module):
             heatmap_logits, offsets, sizes = self.head_outputs(batch)
             heatmap = heatmap_logits.float().sigmoid()
         boxes, scores, labels = centernet_decode(heatmap, offsets, sizes, self.stride, config.max_detections, config.peak_kernel)
-        return select_detections(boxes, scores, labels, image_sizes, config.score_threshold, config.nms_threshold)
+        return select_detections(
+            boxes, scores, labels, image_sizes, config.score_threshold, config.nms_threshold, config.soft_nms_sigma
+        )
 
 
 def build_centernet(

@@ -125,7 +125,12 @@ class FCOSLocations:
     points: torch.Tensor  # (P, 2) x, y in input pixels
     strides: torch.Tensor  # (P,) stride of each location's level
     size_ranges: torch.Tensor  # (P, 2) [low, high] of max(l, t, r, b) its level is responsible for
-    level_sizes: list[int]  # H_l * W_l per level
+    level_shapes: list[tuple[int, int]]  # (H_l, W_l) per level
+
+    @property
+    def level_sizes(self) -> list[int]:
+        """H_l * W_l per level: how many of the P locations each level holds."""
+        return [height * width for height, width in self.level_shapes]
 
 
 def make_locations(feature_shapes: list[tuple[int, int]], strides: list[int], size_boundaries: list[float], device: torch.device | str = "cpu") -> FCOSLocations:
@@ -133,14 +138,13 @@ def make_locations(feature_shapes: list[tuple[int, int]], strides: list[int], si
     if len(size_boundaries) != len(strides) - 1:
         raise ValueError(f"{len(strides)} levels need {len(strides) - 1} size boundaries, got {size_boundaries}")
     bounds = [0.0, *size_boundaries, math.inf]
-    points, point_strides, ranges, level_sizes = [], [], [], []
+    points, point_strides, ranges = [], [], []
     for level, ((height, width), stride) in enumerate(zip(feature_shapes, strides)):
         level_points = grid_points(height, width, stride, device)
         points.append(level_points)
         point_strides.append(torch.full((len(level_points),), float(stride), device=device))
         ranges.append(torch.tensor([bounds[level], bounds[level + 1]], device=device).expand(len(level_points), 2))
-        level_sizes.append(len(level_points))
-    return FCOSLocations(torch.cat(points), torch.cat(point_strides), torch.cat(ranges), level_sizes)
+    return FCOSLocations(torch.cat(points), torch.cat(point_strides), torch.cat(ranges), [tuple(shape) for shape in feature_shapes])
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from anchorfree.models.centernet import (
     centernet_loss,
     centernet_targets,
 )
+from anchorfree.models.detector import select_detections
 
 LN2 = math.log(2.0)
 MAP_SIZE = (32, 32)  # a 128 x 128 input at stride 4
@@ -453,3 +454,20 @@ def test_overfits_one_batch_and_detects_its_boxes(overfit: Callable[..., list[fl
         matched = int(iou.argmax())
         assert iou[matched].item() > 0.5, (detection["boxes"][:1], target["boxes"])
         assert detection["labels"][0].item() == target["labels"][matched].item()
+
+
+def test_the_soft_nms_setting_reaches_the_selection_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    # model.centernet.soft_nms_sigma is handed to the shared selection step (tested with CornerNet's soft-NMS tests).
+    import anchorfree.models.centernet as centernet_module
+
+    seen = []
+
+    def spy(*args):
+        seen.append(args[-1])
+        return select_detections(*args)
+
+    monkeypatch.setattr(centernet_module, "select_detections", spy)
+    model = tiny_model(soft_nms_sigma=0.5).eval()
+    with torch.no_grad():
+        (detections,) = model(torch.zeros(1, 3, 64, 64))
+    assert seen == [0.5] and torch.isfinite(detections["scores"]).all()
