@@ -10,6 +10,7 @@ from __future__ import annotations
 
 
 import io
+import itertools
 import json
 import os
 import warnings
@@ -17,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes
@@ -26,19 +26,26 @@ from anchorfree.checkpoint import atomic_write_bytes, atomic_write_text, load_ch
 from anchorfree.config import Config, ConfigError, apply_overrides, config_from_dict, get_preset
 from anchorfree.data.cache import cache_dir
 from anchorfree.data.dataset import scale_to_original
-from anchorfree.data.images import load_image
+from anchorfree.data.images import MIN_IMAGE_SIDE, ImageLoadError, image_to_tensor, load_image
 from anchorfree.data.synth import write_synthetic_dataset
 from anchorfree.data.transforms import eval_transforms, make_sample
+from anchorfree.drawing import class_colour
 from anchorfree.engine import autocast, data_paths, evaluate, read_split, resolve_device
 from anchorfree.engine import train as train_loop
 from anchorfree.evaluation import EvaluationResult
 from anchorfree.models import build_model
 from anchorfree.models.backbones import FrozenNorm
 from anchorfree.models.backbones import PretrainedWeightsUnavailable
-from anchorfree.plots import write_evaluation_plots
+from anchorfree.checkpoint import CheckpointError, check_metadata, check_state_dict, checkpoint_config
+from anchorfree.models import with_pretrained_structure
+from anchorfree.outputs import data_inputs, refuse_overwriting_inputs, renamed_note, unique_output_names
+from anchorfree.plots import EVALUATION_PLOTS, write_evaluation_plots
 from anchorfree.targets_view import select_images, write_targets
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Formats a drawn image is written in when its source has one of them (the suffix is kept); others become JPEG.
+DRAWN_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF")
+SHOWN_UNREADABLE = 3  # unreadable sources named in predict's error when none could be read
 DEMO_PRESETS = {"fcos": "fcos_cpu", "centernet": "centernet_cpu", "cornernet": "cornernet_cpu"}  # the preset each family's demo trains
 
 
@@ -56,7 +63,7 @@ def train(preset: str = "fcos_cpu", overrides: dict[str, Any] | list[str] | None
     """
     if resume is not None:
         saved = load_checkpoint(resume)
-        config = apply_overrides(config_from_dict(saved.metadata["config"]), overrides or {})
+        config = apply_overrides(checkpoint_config(saved), overrides or {})
         return train_loop(config, resume=saved.path, progress=progress)
     return train_loop(make_config(preset, overrides), progress=progress)
 
@@ -78,6 +85,10 @@ class Detector:
     @torch.no_grad()
     def predict(self, source: str | Path | Image.Image | torch.Tensor, score_threshold: float = 0.3) -> dict[str, Any]:
         """Detect objects in one image (a path, a PIL image or a (3, H, W) uint8 tensor).
+
+        A PIL image is read as `load_image` reads a file (EXIF orientation applied, 16-bit scaled by 65535, any mode
+        to RGB), so a photo gives the same boxes whether it is passed by path or opened first. An image with a side
+        below MIN_IMAGE_SIDE pixels (an empty one included) is a ValueError naming its shape.
 
         Returns {"boxes": (D, 4) float32 x1, y1, x2, y2 in the original image's pixels, "scores": (D,),
         "labels": (D,) contiguous class indices, "names": list of class names, "category_ids": the dataset's ids}.
@@ -102,26 +113,29 @@ class Detector:
         }
 
     def draw(self, image: torch.Tensor, detections: dict[str, Any]) -> torch.Tensor:
-        """(3, H, W) uint8 image with the detections drawn as labelled boxes."""
+        """(3, H, W) uint8 image with the detections drawn as labelled boxes, each in its class's colour (the
+        colour `data show`, `targets` and the run's plots give the class)."""
         if len(detections["boxes"]) == 0:
             return image
         captions = [f"{name} {score:.2f}" for name, score in zip(detections["names"], detections["scores"].tolist())]
-        return draw_bounding_boxes(image, detections["boxes"], labels=captions, colors="red", width=2)
+        colours = [class_colour(label) for label in detections["labels"].tolist()]
+        return draw_bounding_boxes(image, detections["boxes"], labels=captions, colors=colours, width=2)
 
 
 def load(path: str | Path, device: str = "auto") -> Detector:
     """Load a checkpoint (`best.safetensors`, `last.safetensors` or a run folder) as a `Detector`."""
     checkpoint = load_checkpoint(path)
-    config = config_from_dict(checkpoint.metadata["config"])
+    check_metadata(checkpoint.metadata, checkpoint.path, required=("config", "class_names", "category_ids"))
+    config = checkpoint_config(checkpoint)
     class_names = checkpoint.metadata["class_names"]
     # Every weight comes from the checkpoint: build without fetching ImageNet weights, with the frozen-norm
     # wrapper a pretrained backbone trains in (same modules, same state-dict keys).
-    model = build_model(replace(config.model, pretrained_backbone=False), len(class_names))
-    if config.model.pretrained_backbone:
-        model.backbone = FrozenNorm(model.backbone)
-    missing, unexpected = model.load_state_dict(checkpoint.model_state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {checkpoint.path} does not match its model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    try:
+        model = with_pretrained_structure(build_model(replace(config.model, pretrained_backbone=False), len(class_names)), config.model)
+    except (ValueError, RuntimeError) as error:  # the builders' errors for a model section they cannot build
+        raise CheckpointError(f"checkpoint {checkpoint.path}: its saved config does not build a model ({error})") from error
+    check_state_dict(model, checkpoint.model_state, checkpoint.path, f"{config.model.name} on {config.model.backbone}")
+    model.load_state_dict(checkpoint.model_state)
     torch_device = resolve_device(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -129,12 +143,21 @@ def load(path: str | Path, device: str = "auto") -> Detector:
 
 
 def val(
-    weights: str | Path, data: str | Path | None = None, device: str = "auto", progress: bool = True, plots: str | Path | None = None
+    weights: str | Path,
+    data: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    plots: str | Path | None = None,
+    save_json: str | Path | None = None,
 ) -> EvaluationResult:
     """COCO metrics of a checkpoint on a split in any supported format (default: the val split it was trained
     with). `data` is a COCO JSON file, a VOC or YOLO folder, or a dataset YAML (its val split is used).
     With `plots` (a folder), also write the evaluation's analysis there, as a run folder's plots/ holds it:
-    per_class.csv, PR curves at IoU 0.5 and 0.5:0.95, the F1 curve, confusion matrices and sample predictions."""
+    per_class.csv, PR curves at IoU 0.5 and 0.5:0.95, the F1 curve, confusion matrices and sample predictions.
+    With `save_json`, also write the metrics (`EvaluationResult.to_dict`) to that file.
+
+    Before evaluating, every file it will write is checked against the checkpoint and the split's files
+    (OutputOverwritesInput if one would be replaced)."""
     detector = load(weights, device)
     config = detector.config
     split = str(data) if data is not None else (data_paths(config)[1])
@@ -146,21 +169,43 @@ def val(
             f"{split} has classes {list(zip(split_data.category_ids, split_data.class_names))} but the model was trained on "
             f"{list(zip(detector.category_ids, detector.class_names))}"
         )
+    outputs = [Path(save_json)] if save_json is not None else []
+    outputs += [Path(plots) / name for name in EVALUATION_PLOTS] if plots is not None else []
+    refuse_overwriting_inputs(outputs, itertools.chain(_checkpoint_files(weights), [Path(split)], data_inputs(split_data)), "val")
     result, detections = evaluate(detector.model, split_data, config, detector.device, progress)
     if plots is not None:
         write_evaluation_plots(result, split_data.coco_ground_truth(), detections, split_data, plots)
+    if save_json is not None:
+        atomic_write_text(save_json, json.dumps(result.to_dict(), indent=2))
     return result
 
 
 def predict(weights: str | Path, sources: list[str | Path], out: str | Path = "runs/predict", score_threshold: float = 0.3, device: str = "auto", save_images: bool = True) -> Path:
-    """Detect objects in images and folders of images; write `predictions.json` (COCO results, with file names)
-    and, with `save_images`, each image with its detections drawn. Returns the output folder."""
-    detector = load(weights, device)
+    """Detect objects in images and folders of images; write `predictions.json` (COCO results; each record's
+    `file_name` is its source's path) and, with `save_images`, each image with its detections drawn. Returns the
+    output folder.
+
+    A drawn image keeps its source's name and suffix, in that format (x.png -> x.png; a format Pillow cannot
+    write becomes JPEG with ".jpg" appended); sources with the same name from different folders get a counter
+    (x_2.jpg), said in one warning at the end. Before anything is written, every output is checked against every
+    source and the checkpoint (OutputOverwritesInput): `--out` may be the sources' folder only where no source
+    would be replaced. A source that cannot be read is skipped with a warning naming it and why; when none can be
+    read, ImageLoadError names the first few.
+    """
+    paths = _expand_sources(sources)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    drawn_paths, renamed = unique_output_names(paths, out, _drawn_suffix, reserved=["predictions.json"]) if save_images else ([], [])
+    refuse_overwriting_inputs([out / "predictions.json", *drawn_paths], itertools.chain(_checkpoint_files(weights), paths), "predict --out")
+    detector = load(weights, device)
     results = []
-    for image_id, path in enumerate(_expand_sources(sources), start=1):
-        image = load_image(path)
+    unreadable: list[str] = []
+    for image_id, path in enumerate(paths, start=1):
+        try:
+            image = load_image(path)
+        except ImageLoadError as error:
+            warnings.warn(f"skipped {error}", stacklevel=2)  # the message starts with the path
+            unreadable.append(str(error))
+            continue
         detections = detector.predict(image, score_threshold)
         for box, score, category_id in zip(detections["boxes"].tolist(), detections["scores"].tolist(), detections["category_ids"]):
             results.append(
@@ -173,9 +218,17 @@ def predict(weights: str | Path, sources: list[str | Path], out: str | Path = "r
                 }
             )
         if save_images:
-            drawn = detector.draw(image, detections)
-            atomic_write_bytes(out / f"{path.stem}.jpg", _encode_jpeg(drawn))
+            drawn_path = drawn_paths[image_id - 1]
+            atomic_write_bytes(drawn_path, _encode_image(detector.draw(image, detections), _drawn_format(drawn_path)))
+    if len(unreadable) == len(paths):
+        more = len(unreadable) - SHOWN_UNREADABLE
+        shown = "; ".join(unreadable[:SHOWN_UNREADABLE]) + (f"; and {more} more" if more > 0 else "")
+        raise ImageLoadError(f"none of the {len(paths)} image(s) could be read: {shown}")
     atomic_write_text(out / "predictions.json", json.dumps(results))
+    if unreadable:
+        warnings.warn(f"{len(unreadable)} of {len(paths)} image(s) could not be read and were skipped (named above)", stacklevel=2)
+    if renamed:
+        warnings.warn(renamed_note(renamed, "drawn image(s)"), stacklevel=2)
     return out
 
 
@@ -264,33 +317,67 @@ def synthetic_dataset_path(num_train: int = 800, num_val: int = 200, seed: int =
 
 
 def _expand_sources(sources: list[str | Path]) -> list[Path]:
+    """The image files of `sources` (files as given, folders' images in name order), each once."""
     paths: list[Path] = []
     for source in sources:
         source = Path(source)
         if source.is_dir():
-            paths += sorted(path for path in source.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+            paths += sorted(path for path in source.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
         elif source.is_file():
             paths.append(source)
         else:
             raise FileNotFoundError(f"{source}: no such image or folder")
     if not paths:
         raise FileNotFoundError(f"no images found in {[str(source) for source in sources]} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return paths
+    # A file named twice (`photos/ photos/x.jpg`) is predicted once: its drawn image would be written twice.
+    unique: dict[str, Path] = {}
+    for path in paths:
+        unique.setdefault(os.path.normcase(os.path.abspath(path)), path)
+    return list(unique.values())
+
+
+def _checkpoint_files(weights: str | Path) -> list[Path]:
+    """The files a checkpoint argument stands for: the file and its .json mirror, or a run folder's weights."""
+    weights = Path(weights)
+    if weights.is_dir():
+        return sorted((weights / "weights").glob("*"))
+    return [weights, weights.with_suffix(".json")]
 
 
 def _as_uint8_tensor(source: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
+    """(3, H, W) uint8 RGB from a path, a PIL image (read as `load_image` reads a file) or such a tensor."""
     if isinstance(source, (str, Path)):
         return load_image(source)
     if isinstance(source, Image.Image):
-        return torch.from_numpy(np.array(source.convert("RGB"))).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
-    if isinstance(source, torch.Tensor):
+        image = image_to_tensor(source)
+    elif isinstance(source, torch.Tensor):
         if source.dtype != torch.uint8 or source.dim() != 3 or source.shape[0] != 3:
             raise TypeError(f"a tensor image must be (3, H, W) uint8 RGB, got {source.dtype} {tuple(source.shape)}")
-        return source
-    raise TypeError(f"cannot read an image from {type(source).__name__}; pass a path, a PIL image or a uint8 tensor")
+        image = source
+    else:
+        raise TypeError(f"cannot read an image from {type(source).__name__}; pass a path, a PIL image or a uint8 tensor")
+    if min(image.shape[1:]) < MIN_IMAGE_SIDE:
+        what = f"PIL image of size {source.size}" if isinstance(source, Image.Image) else f"tensor of shape {tuple(source.shape)}"
+        raise ValueError(f"a {what} is too small to detect in: each side must be at least {MIN_IMAGE_SIDE} px")
+    return image
 
 
-def _encode_jpeg(image: torch.Tensor) -> bytes:
+def _drawn_suffix(source: Path) -> str:
+    """The suffix of a source's drawn image: its own when Pillow writes that format, else the source's plus .jpg."""
+    image_format = Image.registered_extensions().get(source.suffix.lower())
+    if image_format in DRAWN_FORMATS and image_format in Image.SAVE:
+        return source.suffix
+    return f"{source.suffix}.jpg"
+
+
+def _drawn_format(drawn_path: Path) -> str:
+    """The Pillow format a drawn image is encoded in: the one its suffix names (see `_drawn_suffix`)."""
+    return Image.registered_extensions()[drawn_path.suffix.lower()]
+
+
+def _encode_image(image: torch.Tensor, image_format: str = "JPEG") -> bytes:
+    """A (3, H, W) uint8 image encoded in a Pillow format (JPEG at quality 90, the others losslessly)."""
     buffer = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=90)  # (3, H, W) -> (H, W, 3)
+    options = {"quality": 90} if image_format == "JPEG" else {"lossless": True} if image_format == "WEBP" else {}
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format=image_format, **options)  # (3, H, W) -> (H, W, 3)
     return buffer.getvalue()

@@ -11,12 +11,18 @@
     anchorfree data show coco/ [--split val] [--out runs/data_show/val.png] [--count 16] [--seed 0]
     anchorfree targets coco/ [--model fcos | --preset P | --weights W] [--split val] [--images 0 3 name.jpg] [--count 4]
     anchorfree presets [NAME]                           # list presets, or print one resolved
+
+Every error a user can cause (a bad setting, dataset, image or checkpoint, a file that cannot be written) ends in
+one `error: ...` line on stderr and exit status 2; `anchorfree --debug COMMAND ...` shows the traceback instead.
+Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -29,13 +35,36 @@ from anchorfree.data.records import InvalidAnnotation
 from anchorfree.data.report import dataset_report, format_report, show_dataset
 from anchorfree.data.synth import write_synthetic_dataset
 from anchorfree.engine import NonFiniteLoss, TrainingInterrupted
+from anchorfree.outputs import OutputOverwritesInput, dataset_inputs, refuse_overwriting_inputs
 from anchorfree.targets_view import split_override_tokens
+
+# What to do about an OSError a user can cause, by errno.
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is exceeded: free some space or write elsewhere",
+    errno.EROFS: "the file system is read-only: choose a writable output path",
+    errno.EACCES: "permission denied: choose a path you may read or write",
+    errno.EPERM: "operation not permitted: choose a path you may read or write",
+    errno.ENAMETOOLONG: "the file name is too long: choose a shorter path",
+    errno.EFBIG: "the file is too large for this file system",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "the path is a folder, not a file",
+}
+# The temporary file an atomic write goes through (anchorfree.checkpoint): `.<name>.<random>.tmp`.
+_TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
+# Raised on user input by the project's readers, config and checkpoint code; OSError and ValueError also cover
+# what the standard library raises for a bad path or value (ConfigError, InvalidAnnotation, ImageLoadError and
+# CheckpointError are ValueErrors; PretrainedWeightsUnavailable is an OSError).
+USER_ERRORS = (
+    ConfigError, InvalidAnnotation, ImageLoadError, CheckpointError, OutputOverwritesInput, NonFiniteLoss, OSError, ValueError, TypeError
+)
 
 OVERRIDES_HELP = "dotted key=value settings, e.g. train.epochs=20 model.fcos.head_convs=2 (see `anchorfree presets NAME`)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchorfree", description="Anchor-free object detection (FCOS, CenterNet, CornerNet) on PyTorch.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error instead of the one `error:` line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="train and evaluate on the built-in synthetic dataset (~5 min on 2 CPU cores)")
@@ -69,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--train", type=int, default=800, help="training images (default: 800)")
     synth.add_argument("--val", type=int, default=200, help="validation images (default: 200)")
     synth.add_argument("--seed", type=int, default=0)
-    check = data_commands.add_parser("check", help="statistics and problems of every split of a dataset (exit 1 on problems)")
+    check = data_commands.add_parser(
+        "check",
+        help="statistics and every problem of every split of a dataset (exit 2 if training would refuse it, 1 if it would skip some, 0 if clean)",
+    )
     check.add_argument("path", help="a COCO JSON, a VOC or YOLO folder, a dataset YAML, or a folder holding them")
     check.add_argument("--strict", action="store_true", help="stop at the first problem with an error (on_invalid=error; exit 2)")
     check.add_argument("--decode", action="store_true", help="also decode every image in full (slower; finds corrupt image data)")
@@ -119,12 +151,37 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return _run(args)
-    except (ConfigError, InvalidAnnotation, ImageLoadError, CheckpointError, NonFiniteLoss, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        print(f"error: {describe_error(error)}", file=sys.stderr)
         return 2
     except TrainingInterrupted as interrupted:
         print(f"\n{interrupted}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def describe_error(error: BaseException) -> str:
+    """The `error:` line's text: the project's own message, or for an OSError the path, the system's reason and
+    what to do (`[Errno 28] No space left on device: 'runs/x/.last.safetensors.k3j.tmp'` becomes
+    `runs/x/last.safetensors: No space left on device (errno ENOSPC): the disk is full: ...`)."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        path = Path(str(error.filename))
+        temporary = _TEMPORARY_NAME.match(path.name)
+        target = path.with_name(temporary["name"]) if temporary else path
+        second = f" -> {error.filename2}" if error.filename2 is not None else ""
+        code = f" (errno {errno.errorcode.get(error.errno, error.errno)})" if error.errno is not None else ""
+        hint = OS_ERROR_HINTS.get(error.errno or 0)
+        return f"{target}{second}: {error.strerror}{code}" + (f": {hint}" if hint else "")
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}{': ' + OS_ERROR_HINTS[error.errno] if error.errno in OS_ERROR_HINTS else ''}"
+    text = str(error) or type(error).__name__
+    return text if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: {text}"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -138,10 +195,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"run folder: {run_folder}")
         return 0
     if args.command == "val":
-        result = api.val(args.weights, args.data, args.device, plots=args.plots)
+        result = api.val(args.weights, args.data, args.device, plots=args.plots, save_json=args.save_json)
         print(result.table())
-        if args.save_json:
-            Path(args.save_json).write_text(json.dumps(result.to_dict(), indent=2))
         if args.plots:
             print(f"plots: {args.plots}")
         return 0
@@ -154,11 +209,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {folder} (instances_train.json, instances_val.json, images/)")
         return 0
     if args.command == "data" and args.data_command == "check":
-        report = dataset_report(args.path, args.format, args.names, "error" if args.strict else "skip", decode=args.decode)
+        refuse_overwriting_inputs([args.json], dataset_inputs(args.path, args.format), "data check --json")
+        report = dataset_report(args.path, args.format, args.names, "error" if args.strict else "report", decode=args.decode)
         print(format_report(report))
         atomic_write_text(args.json, json.dumps(report, indent=2))
         print(f"report: {args.json}")
-        return 0 if report["ok"] else 1
+        # 2: training would refuse the dataset; 1: training would skip some annotations or images; 0: clean.
+        return 2 if report["structural"] else 0 if report["ok"] else 1
     if args.command == "data" and args.data_command == "convert":
         target = convert_dataset(args.path, args.to, args.out, args.images, args.format, args.names)
         key = "data.dataset" if target.suffix == ".yaml" else "data.train"

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,9 +21,12 @@ from typing import Any, Callable
 import torch
 import yaml
 
+from anchorfree.data.textfiles import safe_load_bounded
 from anchorfree.data.transforms import RESIZE_MODES
 from anchorfree.models.centernet import CenterNetConfig
-from anchorfree.models.cornernet import CornerNetConfig
+from anchorfree.models import MODELS
+from anchorfree.models.backbones import BACKBONE_NAMES
+from anchorfree.models.cornernet import HOURGLASS_BACKBONES, CornerNetConfig
 from anchorfree.models.fcos import FCOSConfig
 
 
@@ -264,22 +270,121 @@ class ConfigError(ValueError):
 
 def check_data(data: DataConfig) -> None:
     """Raise ConfigError for `data.*` values the pipeline cannot use, before any data is read or trained on."""
+    problems = _data_problems(data)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def validate(config: Config) -> None:
+    """Raise one ConfigError listing every value of `config` outside its allowed range, before any file is read.
+
+    Types are checked where values are set (`set_value`); this checks ranges and choices, so that a run which
+    would fail after minutes of reading image headers (an unknown optimizer, `train.batch_size=0`) or train on
+    nonsense (`train.lr=nan`) fails at once, naming each key, its value and what is allowed.
+    """
+    problems = _model_problems(config.model) + _data_problems(config.data) + _train_problems(config.train)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+PATH_KEYS = ("data.dataset", "data.train", "data.val", "data.images", "train.project")
+
+
+def with_absolute_paths(config: Config, base: str | os.PathLike[str] | None = None) -> Config:
+    """A copy of `config` whose file and folder keys (`PATH_KEYS`) are absolute, relative ones taken from `base`
+    (default: the working directory).
+
+    The saved config must mean the same files wherever it is used later: `val`, `predict` and `--resume` run
+    from any working directory. Empty values stay empty; `~` is expanded; symbolic links are kept as given.
+    """
+    config = _copy(config)
+    root = os.path.abspath(base if base is not None else os.getcwd())
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value:
+            setattr(getattr(config, section), name, os.path.normpath(os.path.join(root, os.path.expanduser(value))))
+    return config
+
+
+def _data_problems(data: DataConfig) -> list[str]:
+    problems = []
     if data.format not in ("", "coco", "voc", "yolo"):
-        raise ConfigError(f"data.format must be coco, voc or yolo (or empty to detect it), got {data.format!r}")
+        problems.append(f"data.format must be coco, voc or yolo (or empty to detect it), got {data.format!r}")
     if data.on_invalid not in ("skip", "error"):
-        raise ConfigError(f"data.on_invalid must be 'skip' or 'error', got {data.on_invalid!r}")
+        problems.append(f"data.on_invalid must be 'skip' or 'error', got {data.on_invalid!r}")
     if data.max_image_pixels <= 0:
-        raise ConfigError(f"data.max_image_pixels must be positive, got {data.max_image_pixels!r}")
+        problems.append(f"data.max_image_pixels must be positive, got {data.max_image_pixels!r}")
     if data.resize not in RESIZE_MODES:
-        raise ConfigError(f"data.resize must be one of {', '.join(RESIZE_MODES)}, got {data.resize!r}{_suggest(data.resize, RESIZE_MODES)}")
-    if len(data.scale_range) != 2 or not 0 < data.scale_range[0] <= data.scale_range[1]:
-        raise ConfigError(f"data.scale_range must be [low, high] with 0 < low <= high, e.g. [0.6, 1.4]; got {data.scale_range!r}")
+        problems.append(f"data.resize must be one of {', '.join(RESIZE_MODES)}, got {data.resize!r}{_suggest(data.resize, RESIZE_MODES)}")
+    if len(data.scale_range) != 2 or not all(map(math.isfinite, data.scale_range)) or not 0 < data.scale_range[0] <= data.scale_range[1]:
+        problems.append(f"data.scale_range must be [low, high] with 0 < low <= high, e.g. [0.6, 1.4]; got {data.scale_range!r}")
     if not data.train_sizes or min(data.train_sizes) <= 0 or data.val_size <= 0:
-        raise ConfigError(f"data.train_sizes and data.val_size must be positive pixel sizes; got {data.train_sizes!r}, {data.val_size!r}")
-    if data.min_box_size < 0:
-        raise ConfigError(f"data.min_box_size must be >= 0 pixels, got {data.min_box_size!r}")
+        problems.append(f"data.train_sizes and data.val_size must be positive pixel sizes; got {data.train_sizes!r}, {data.val_size!r}")
+    elif data.resize == "shorter" and data.max_size < max(*data.train_sizes, data.val_size):
+        problems.append(
+            f"data.max_size must be >= the largest of data.train_sizes and data.val_size ({max(*data.train_sizes, data.val_size)}) "
+            f"with data.resize=shorter (it caps the longer side), got {data.max_size!r}"
+        )
+    if not math.isfinite(data.min_box_size) or data.min_box_size < 0:
+        problems.append(f"data.min_box_size must be >= 0 pixels, got {data.min_box_size!r}")
     if not 0 <= data.mosaic <= 1:
-        raise ConfigError(f"data.mosaic is a probability in [0, 1], got {data.mosaic!r}")
+        problems.append(f"data.mosaic is a probability in [0, 1], got {data.mosaic!r}")
+    if not 0 <= data.horizontal_flip <= 1:
+        problems.append(f"data.horizontal_flip is a probability in [0, 1], got {data.horizontal_flip!r}")
+    if data.workers < 0:
+        problems.append(f"data.workers must be >= 0 (0 reads data in the training process), got {data.workers!r}")
+    return problems
+
+
+def _model_problems(model: ModelConfig) -> list[str]:
+    problems = []
+    if model.name not in MODELS:
+        problems.append(f"model.name must be one of {', '.join(MODELS)}, got {model.name!r}{_suggest(model.name, MODELS)}")
+    backbones = [*BACKBONE_NAMES, *(HOURGLASS_BACKBONES if model.name == "cornernet" else [])]
+    if model.backbone not in backbones:
+        problems.append(f"model.backbone must be one of {', '.join(backbones)} for model.name={model.name!r}, got {model.backbone!r}{_suggest(model.backbone, backbones)}")
+    if not math.isfinite(model.backbone_width) or model.backbone_width <= 0:
+        problems.append(f"model.backbone_width must be a positive multiplier, got {model.backbone_width!r}")
+    if model.num_classes < 0:
+        problems.append(f"model.num_classes must be >= 0 (0 takes it from the data), got {model.num_classes!r}")
+    return problems
+
+
+def _train_problems(train: TrainConfig) -> list[str]:
+    problems = []
+
+    def require(key: str, value: float, allowed: str, holds: bool) -> None:
+        if not holds:
+            problems.append(f"train.{key} must be {allowed}, got {value!r}")
+
+    require("epochs", train.epochs, ">= 1", train.epochs >= 1)
+    require("batch_size", train.batch_size, ">= 1", train.batch_size >= 1)
+    if train.optimizer not in ("sgd", "adamw"):
+        problems.append(f"train.optimizer must be 'sgd' or 'adamw', got {train.optimizer!r}{_suggest(train.optimizer, ['sgd', 'adamw'])}")
+    require("lr", train.lr, "a finite number > 0", math.isfinite(train.lr) and train.lr > 0)
+    require("momentum", train.momentum, "in [0, 1)", 0 <= train.momentum < 1)
+    require("weight_decay", train.weight_decay, "a finite number >= 0", math.isfinite(train.weight_decay) and train.weight_decay >= 0)
+    require("warmup_iters", train.warmup_iters, ">= 0 steps", train.warmup_iters >= 0)
+    require("warmup_factor", train.warmup_factor, "in (0, 1] (the first step's fraction of train.lr)", 0 < train.warmup_factor <= 1)
+    if train.lr_schedule not in ("cosine", "step"):
+        problems.append(f"train.lr_schedule must be 'cosine' or 'step', got {train.lr_schedule!r}")
+    require("final_lr_ratio", train.final_lr_ratio, "in [0, 1]", 0 <= train.final_lr_ratio <= 1)
+    require("lr_steps", train.lr_steps, "epochs >= 1 in increasing order", all(step >= 1 for step in train.lr_steps) and train.lr_steps == sorted(train.lr_steps))
+    require("grad_clip", train.grad_clip, "a finite number >= 0 (0 disables clipping)", math.isfinite(train.grad_clip) and train.grad_clip >= 0)
+    require("time_limit", train.time_limit, "a finite number of minutes >= 0 (0: no limit)", math.isfinite(train.time_limit) and train.time_limit >= 0)
+    require("eval_every", train.eval_every, ">= 1 epochs", train.eval_every >= 1)
+    require("log_every", train.log_every, ">= 1 iterations", train.log_every >= 1)
+    require("threads", train.threads, ">= 0 (0 keeps torch's default)", train.threads >= 0)
+    require("seed", train.seed, ">= 0", train.seed >= 0)
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", train.device):
+        problems.append(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {train.device!r}")
+    if not train.project.strip():
+        problems.append("train.project must name a folder for the run folders, got ''")
+    name = train.name
+    if name and (name in (".", "..") or "/" in name or "\\" in name or os.sep in name or os.path.isabs(name) or "\0" in name):
+        problems.append(f"train.name must be a plain folder name inside train.project (no path separators, '.' or '..'), got {name!r}")
+    return problems
 
 
 def get_preset(name: str) -> Config:
@@ -365,7 +470,7 @@ def _split(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override {item!r} must be key=value, e.g. train.epochs=24")
     key, text = item.split("=", 1)
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = safe_load_bounded(text) if text.strip() else ""  # aliases may not expand a value without bound
     except yaml.YAMLError as error:
         raise ConfigError(f"cannot parse the value of {key!r}: {text!r} ({error})") from error
     return key.strip(), value

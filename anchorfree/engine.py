@@ -11,12 +11,13 @@ are functions of (seed, epoch, sample index), so a resumed run sees the same bat
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import signal
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -26,14 +27,26 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 import anchorfree
-from anchorfree.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from anchorfree.config import Config, ConfigError, check_data, config_from_dict, dump_yaml, flatten
+from anchorfree.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    atomic_write_text,
+    check_free_space_for_run,
+    check_metadata,
+    check_optimizer_state,
+    check_state_dict,
+    checkpoint_config,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from anchorfree.config import Config, ConfigError, config_from_dict, dump_yaml, flatten, validate, with_absolute_paths
 from anchorfree.data.formats import check_same_classes, read_dataset, read_dataset_yaml
 from anchorfree.data.dataset import DetectionDataset, collate, scale_to_original
 from anchorfree.data.records import DetectionData, InvalidAnnotation
 from anchorfree.data.transforms import eval_transforms, largest_input, train_transforms
 from anchorfree.evaluation import EvaluationResult, detections_to_coco_results, evaluate_coco
-from anchorfree.models import build_model
+from anchorfree.models import build_model, with_pretrained_structure
 from anchorfree.plots import TensorBoardLogger, plot_results, write_evaluation_plots
 
 
@@ -288,37 +301,58 @@ class _StopSignal:
 def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> Path:
     """Train a detector as `config` says; return the run folder (config.yaml, metrics.csv, results.png, weights/,
     and with validation data plots/, the analysis of the best evaluation; tensorboard/ with train.tensorboard)."""
-    if config.train.lr_schedule not in ("cosine", "step"):
-        raise ConfigError(f"train.lr_schedule must be 'cosine' or 'step', got {config.train.lr_schedule!r}")
-    check_data(config.data)
-    if config.train.threads > 0:
-        torch.set_num_threads(config.train.threads)
-    device = resolve_device(config.train.device)
-    train_data, val_data = read_splits(config)
-    num_classes = len(train_data.class_names)
-
-    torch.manual_seed(config.train.seed)
-    model = build_model(config.model, num_classes).to(device)
-    if config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, config)
-    state = LoopState()
+    # Every value is checked, and every path made absolute, before any file is read: the saved config then
+    # means the same files from any working directory (val, predict, --resume).
+    validate(config)
+    config = with_absolute_paths(config)
+    checkpoint: Checkpoint | None = None
     if resume is not None:
         checkpoint = load_checkpoint(resume)
         if checkpoint.optimizer_state is None:
             raise CheckpointError(f"{checkpoint.path} holds weights only (a `best` file?); resume from weights/last.safetensors")
-        _check_resume_config(checkpoint.metadata["config"], config)
+        check_metadata(checkpoint.metadata, checkpoint.path, required=("config", "loop"))
+        _check_resume_config(checkpoint, config)
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    device = resolve_device(config.train.device)
+    train_data, val_data = read_splits(config)
+    _check_usable(train_data, "training")
+    if val_data is not None:
+        _check_usable(val_data, "validation")
+    num_classes = len(train_data.class_names)
+
+    torch.manual_seed(config.train.seed)
+    if checkpoint is not None:
+        # `last` holds every weight: build the same structure (the frozen-norm wrapper of a pretrained backbone)
+        # without fetching ImageNet weights, so an offline machine can resume.
+        model = with_pretrained_structure(build_model(replace(config.model, pretrained_backbone=False), num_classes), config.model)
+    else:
+        model = build_model(config.model, num_classes)
+    model = model.to(device)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config)
+    state = LoopState()
+    history: list[dict[str, Any]] = []
+    if checkpoint is not None:
+        check_state_dict(model, checkpoint.model_state, checkpoint.path, f"{config.model.name} on {config.model.backbone}")
+        check_optimizer_state(optimizer, checkpoint.optimizer_state, checkpoint.path)
         model.load_state_dict(checkpoint.model_state)
         optimizer.load_state_dict(checkpoint.optimizer_state)
-        state = LoopState(**checkpoint.metadata["loop"])
+        state = _loop_state(checkpoint)
         run_folder = checkpoint.path.parent.parent
+        history = _resumed_history(checkpoint, run_folder / "metrics.csv", state.epoch)
     else:
         run_folder = new_run_folder(config.train.project, config.train.name or config.preset or config.model.name)
     weights_folder = run_folder / "weights"
     weights_folder.mkdir(exist_ok=True)
     remove_stale_temporaries(weights_folder)
     remove_stale_temporaries(run_folder)
+    check_free_space_for_run(weights_folder, _checkpoint_sizes(model, config))
     atomic_write_text(run_folder / "config.yaml", dump_yaml(config))
+    if checkpoint is not None:
+        # A kill between `last` and metrics.csv leaves the file a row behind or a row ahead: `last` is the truth.
+        _write_metrics(run_folder / "metrics.csv", history)
 
     dataset = training_dataset(config, train_data)
     batches_per_epoch = math.ceil(len(dataset) / config.train.batch_size)
@@ -331,10 +365,13 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         "anchorfree_version": anchorfree.__version__,
         "torch_version": torch.__version__,
     }
-    metrics_rows = _read_metrics(run_folder / "metrics.csv") if resume is not None else []
+    metrics_rows = history
 
     def save(name: str, with_optimizer: bool, extra: dict[str, Any] | None = None) -> None:
         metadata = {**metadata_base, "loop": state.to_dict(), "epoch": state.epoch, **(extra or {})}
+        if with_optimizer:
+            # The metrics rows of every finished epoch travel with `last`, so metrics.csv can be rebuilt from it.
+            metadata["history"] = metrics_rows
         save_checkpoint(weights_folder / f"{name}.safetensors", model, metadata, optimizer if with_optimizer else None)
 
     def out_of_time() -> bool:
@@ -390,7 +427,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                     image_ids = [target["image_id"] for target in targets]
                     raise NonFiniteLoss(
                         f"non-finite loss at epoch {state.epoch + 1} iteration {state.iteration + 1} (step {state.step + 1}): {terms}; "
-                        f"images {image_ids}. The last good checkpoint is {weights_folder / 'last.safetensors'}; "
+                        f"images {image_ids}. {_last_good(weights_folder / 'last.safetensors')}; "
                         "lower train.lr or raise train.warmup_iters"
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -445,29 +482,95 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             elif val_data is None:
                 save("best", with_optimizer=False)
             metrics_rows.append(row)
+            # `last` first, metrics.csv after: a kill between them leaves a row that the resume rewrites from
+            # `last`'s history, never a duplicate.
+            save("last", with_optimizer=True)
             _write_metrics(run_folder / "metrics.csv", metrics_rows)
             plot("results.png", lambda: plot_results(run_folder / "metrics.csv", run_folder / "results.png"))
             tensorboard.log_scalars(row, state.epoch)
             if new_plots:
                 tensorboard.log_image("val_predictions", plots_folder / "val_predictions.png", state.epoch)
-            save("last", with_optimizer=True)
             if stop.requested:
                 raise TrainingInterrupted(f"training stopped after epoch {state.epoch}; resume with: anchorfree train --resume {run_folder}")
     return run_folder
 
 
-def _check_resume_config(saved: dict, requested: Config) -> None:
+def _check_resume_config(checkpoint: Checkpoint, requested: Config) -> None:
     """Refuse to resume under a different config, except for keys that do not change the run's meaning."""
     allowed = {
         "train.epochs", "train.time_limit", "train.device", "train.threads", "data.workers", "train.eval_every", "train.log_every",
         "train.tensorboard",
     }
-    saved_config = config_from_dict(saved)
+    # Relative paths of a checkpoint written before paths were saved absolute mean the working directory's.
+    saved_config = with_absolute_paths(checkpoint_config(checkpoint))
     saved_flat, requested_flat = flatten(saved_config.to_dict()), flatten(requested.to_dict())
     different = sorted(key for key in saved_flat if saved_flat[key] != requested_flat.get(key) and key not in allowed)
     if different:
         details = "; ".join(f"{key}: saved {saved_flat[key]!r}, now {requested_flat.get(key)!r}" for key in different)
         raise CheckpointError(f"cannot resume: the config differs from the checkpoint's ({details})")
+
+
+def _last_good(last: Path) -> str:
+    """Where a failed run can go on from, truthfully: `last` if one was saved, else nothing yet."""
+    return f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint was saved yet (it stopped in the first epoch)"
+
+
+def _check_usable(data: DetectionData, role: str) -> None:
+    """Refuse a split with no usable image: training on it would run 0 steps (or evaluate to NaN) and "succeed"."""
+    if data.records:
+        return
+    dropped = sum(data.problems.values())
+    if dropped:
+        reasons = "; ".join(
+            f"{kind}: {count} (e.g. {' | '.join(data.problem_examples.get(kind, [])[:2])})" for kind, count in sorted(data.problems.items())
+        )
+        detail = f"{dropped} images or boxes were dropped: {reasons}"
+    else:
+        detail = "it lists no images"
+    raise InvalidAnnotation(
+        f"no usable {role} images in {data.source}: {detail}. Fix or replace these files (`anchorfree data check {data.source}` lists every problem)"
+    )
+
+
+def _loop_state(checkpoint: Checkpoint) -> LoopState:
+    """`last`'s loop position as a LoopState, each field type-checked (CheckpointError naming the file and key)."""
+    loop = checkpoint.metadata["loop"]
+    fields = {item.name: item.type for item in dataclasses.fields(LoopState)}
+    unknown = sorted(set(loop) - set(fields))
+    if unknown:
+        raise CheckpointError(f"checkpoint {checkpoint.path}: metadata 'loop' has unknown keys {unknown}; it holds {sorted(fields)}")
+    for key, value in loop.items():
+        kind = fields[key]
+        valid = (
+            isinstance(value, int) and not isinstance(value, bool) and value >= (-1 if key == "best_epoch" else 0) if kind == "int"
+            else isinstance(value, (int, float)) and not isinstance(value, bool) if kind == "float"
+            else isinstance(value, dict)
+        )
+        if not valid:
+            raise CheckpointError(f"checkpoint {checkpoint.path}: metadata loop.{key} must be {'an integer >= 0' if kind == 'int' else 'a number' if kind == 'float' else 'a mapping'}, got {value!r}")
+    return LoopState(**loop)
+
+
+def _resumed_history(checkpoint: Checkpoint, metrics_file: Path, epochs_done: int) -> list[dict[str, Any]]:
+    """One metrics row per finished epoch: `last`'s own history, or (older checkpoints) metrics.csv's rows up
+    to `last`'s epoch, the newest row of each epoch kept."""
+    if "history" in checkpoint.metadata:
+        return [dict(row) for row in checkpoint.metadata["history"]]
+    rows_by_epoch: dict[int, dict[str, Any]] = {}
+    for row in _read_metrics(metrics_file):
+        epoch = str(row.get("epoch", ""))
+        if epoch.isdigit() and 1 <= int(epoch) <= epochs_done:
+            rows_by_epoch[int(epoch)] = row
+    return [rows_by_epoch[epoch] for epoch in sorted(rows_by_epoch)]
+
+
+def _checkpoint_sizes(model: nn.Module, config: Config) -> dict[str, int]:
+    """Expected bytes of `last` (weights + optimizer buffers: SGD momentum 1x, AdamW 2x the trainable weights)
+    and `best` (weights), for the free-space check before training."""
+    weights = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
+    trainable = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters() if parameter.requires_grad)
+    buffers = 2 if config.train.optimizer == "adamw" else (1 if config.train.momentum > 0 else 0)
+    return {"last": weights + buffers * trainable, "best": weights}
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:

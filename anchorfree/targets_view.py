@@ -38,6 +38,7 @@ from anchorfree.data.transforms import denormalize
 from anchorfree.engine import evaluation_dataset
 from anchorfree.models import centernet, cornernet, fcos
 from anchorfree.models.detector import batch_images
+from anchorfree.outputs import data_inputs, refuse_overwriting_inputs, unique_output_names
 from anchorfree.ops.boxes import boxes_to_distances
 
 PANEL_INCHES = 5.5  # the longer side of a full panel
@@ -147,12 +148,15 @@ def write_targets(
     predictions: bool = False,
     score_threshold: float = 0.3,
 ) -> list[Path]:
-    """`draw_targets` for records `indices` of `data`, each to `<out>/<image stem>_<family>.png`; returns the paths."""
-    out = Path(out)
+    """`draw_targets` for records `indices` of `data`, each to `<out>/<image stem>_<family>.png` (a counter,
+    `<stem>_2_<family>.png`, where two images share a stem); returns the paths. Nothing is written when a path
+    would replace one of the split's files (OutputOverwritesInput)."""
+    names = [Path(data.records[index].file_name) for index in indices]
+    paths, _ = unique_output_names(names, out, lambda _: f"_{config.model.name}.png")
+    refuse_overwriting_inputs(paths, data_inputs(data), "targets --out")
     written = []
-    for index in indices:
+    for index, path in zip(indices, paths):
         image, target = network_input(data, index, config)
-        path = out / f"{Path(data.records[index].file_name).stem}_{config.model.name}.png"
         draw_targets(model, image, target, data.class_names, path, predictions, score_threshold)
         written.append(path)
     return written

@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -192,3 +194,187 @@ def test_remove_stale_temporaries_removes_only_hidden_tmp_files(tmp_path: Path) 
     assert sorted(path.name for path in removed) == [".last.safetensors.k2j3.tmp", ".x.tmp"]
     assert sorted(path.name for path in tmp_path.iterdir()) == [".hidden", "keep.tmp", "last.safetensors"]
     assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+# ------------------------------------------------------------------------------------- metadata and tensor schema
+
+
+def tiny_detector_checkpoint(folder: Path, **metadata_changes: Any) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
+    """A weights file of a tiny FCOS as `api.load` reads it: (path, its tensors, its metadata)."""
+    from anchorfree.config import apply_overrides, get_preset
+    from anchorfree.models import build_model
+
+    config = apply_overrides(
+        get_preset("fcos_cpu"),
+        {"model.pretrained_backbone": False, "model.backbone_width": 0.25, "model.fcos.fpn_channels": 16, "model.fcos.head_convs": 1, "model.fcos.norm_groups": 8},
+    )
+    torch.manual_seed(0)
+    model = build_model(config.model, 2)
+    metadata = {"config": config.to_dict(), "class_names": ["a", "b"], "category_ids": [1, 2], "epoch": 1, **metadata_changes}
+    path = save_checkpoint(folder / "best.safetensors", model, metadata)
+    return path, model.state_dict(), metadata
+
+
+def write_raw(path: Path, tensors: dict[str, torch.Tensor], metadata_text: str, **header: str) -> Path:
+    """A checkpoint file with exactly these `model.*` tensors and this metadata text (crafted files)."""
+    fields = {"format": "anchorfree-checkpoint", "format_version": "1", "metadata": metadata_text, **header}
+    path.write_bytes(save_safetensors_bytes({f"model.{name}": tensor.contiguous() for name, tensor in tensors.items()}, metadata=fields))
+    return path
+
+
+def test_metadata_that_is_not_json_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """Issue 11.9; RELIABILITY E3: metadata that is not JSON names the file and the header entry."""
+    path = write_raw(tmp_path / "bad.safetensors", {"w": torch.zeros(1)}, "{'config': not json")
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    assert str(path) in str(error.value) and "'metadata' is not valid JSON" in str(error.value) and "not json" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("class_names", "cat", "a list of strings"),
+        ("class_names", ["cat", 7], "a list of strings"),
+        ("category_ids", ["1", "7"], "a list of integers"),
+        ("category_ids", [1, True], "a list of integers"),
+        ("config", ["train"], "a mapping of config sections"),
+        ("epoch", -1, "an integer >= 0"),
+        ("loop", {"epoch": "3"}, "a mapping of numbers"),
+        ("history", [1, 2], "a list of metrics rows"),
+    ],
+)
+def test_metadata_of_the_wrong_type_names_the_key_and_value(tmp_path: Path, key: str, value: Any, expected: str) -> None:
+    """Issue 11.9; RELIABILITY E7: each metadata key is type-checked on load, naming file, key and value."""
+    metadata = {**METADATA, key: value}
+    path = write_raw(tmp_path / "typed.safetensors", {"w": torch.zeros(1)}, json.dumps(metadata))
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert str(path) in message and f"metadata {key!r} must be {expected}" in message and str(value)[:20] in message
+
+
+def test_metadata_that_is_not_an_object_or_has_mismatched_ids_is_refused(tmp_path: Path) -> None:
+    """Issue 11.9: a JSON list as metadata, and class_names / category_ids of different lengths."""
+    path = write_raw(tmp_path / "list.safetensors", {"w": torch.zeros(1)}, "[1, 2]")
+    with pytest.raises(CheckpointError, match="metadata must be a JSON object, got list"):
+        load_checkpoint(path)
+    path = write_raw(tmp_path / "ids.safetensors", {"w": torch.zeros(1)}, json.dumps({**METADATA, "category_ids": [1]}))
+    with pytest.raises(CheckpointError, match=r"2 class_names but 1 category_ids \(\[1\]\)"):
+        load_checkpoint(path)
+
+
+def test_a_saved_config_with_an_unknown_key_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """Issue 11.9: a config that is a mapping but not a Config names the checkpoint and the key."""
+    import anchorfree
+
+    path, tensors, metadata = tiny_detector_checkpoint(tmp_path)
+    metadata["config"]["train"]["epoch"] = 3
+    write_raw(path, tensors, json.dumps(metadata))
+    with pytest.raises(CheckpointError) as error:
+        anchorfree.load(path, device="cpu")
+    assert str(path) in str(error.value) and "unknown key 'train.epoch'" in str(error.value)
+
+
+def test_a_config_naming_another_family_or_backbone_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """Issue 11.9; RELIABILITY C5/E7: weights of an FCOS with a config that builds a CenterNet (or a ResNet
+    backbone) are refused before loading, naming the file and what the config builds."""
+    import anchorfree
+
+    path, tensors, metadata = tiny_detector_checkpoint(tmp_path)
+    for model_changes, built in [({"name": "centernet"}, "centernet on mobilenet_v2"), ({"backbone": "resnet18", "backbone_width": 1.0}, "fcos on resnet18")]:
+        changed = json.loads(json.dumps(metadata))
+        changed["config"]["model"].update(model_changes)
+        write_raw(path, tensors, json.dumps(changed))
+        with pytest.raises(CheckpointError) as error:
+            anchorfree.load(path, device="cpu")
+        message = str(error.value)
+        assert str(path) in message and f"its config builds {built}" in message and "do not fit the model" in message
+
+
+@pytest.mark.parametrize("change", ["shape", "int64", "bool"])
+def test_tensors_of_the_wrong_shape_or_dtype_are_refused(tmp_path: Path, change: str) -> None:
+    """Issue 11.9; RELIABILITY E7: a tensor of another shape, or an int64/bool tensor where the model has floats
+    (cast silently before), is a CheckpointError naming the file, the tensor and both shapes or dtypes."""
+    import anchorfree
+
+    path, tensors, metadata = tiny_detector_checkpoint(tmp_path)
+    name = next(key for key, tensor in tensors.items() if tensor.dtype == torch.float32 and tensor.dim() == 4)
+    original = tensors[name]
+    tensors = dict(tensors)
+    tensors[name] = {"shape": torch.zeros(original.shape[0] + 1, *original.shape[1:]), "int64": original.long(), "bool": original > 0}[change]
+    write_raw(path, tensors, json.dumps(metadata))
+    with pytest.raises(CheckpointError) as error:
+        anchorfree.load(path, device="cpu")
+    message = str(error.value)
+    assert str(path) in message and repr(name) in message
+    if change == "shape":
+        assert f"has shape {tuple(tensors[name].shape)}, the model expects {tuple(original.shape)}" in message
+    else:
+        assert f"is {tensors[name].dtype}, the model expects torch.float32" in message
+
+
+def test_a_detector_checkpoint_without_class_names_is_refused(tmp_path: Path) -> None:
+    """Issue 11.9: `load` needs config, class_names and category_ids, and says which is missing."""
+    import anchorfree
+
+    path, tensors, metadata = tiny_detector_checkpoint(tmp_path)
+    del metadata["class_names"]
+    write_raw(path, tensors, json.dumps(metadata))
+    with pytest.raises(CheckpointError, match="metadata has no 'class_names'"):
+        anchorfree.load(path, device="cpu")
+    assert anchorfree.load(tiny_detector_checkpoint(tmp_path / "ok")[0], device="cpu").class_names == ["a", "b"]
+
+
+def test_a_bad_header_version_or_optimizer_entry_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """Issue 11.9: a format_version that is no number, optimizer JSON of the wrong shape, a misnamed optimizer tensor."""
+    path = write_raw(tmp_path / "v.safetensors", {"w": torch.zeros(1)}, "{}", format_version="one")
+    with pytest.raises(CheckpointError, match="format_version must be a whole number, got 'one'"):
+        load_checkpoint(path)
+    path = write_raw(tmp_path / "o.safetensors", {"w": torch.zeros(1)}, "{}", optimizer='{"param_groups": 3}')
+    with pytest.raises(CheckpointError, match="header entry 'optimizer' must be"):
+        load_checkpoint(path)
+    fields = {"format": "anchorfree-checkpoint", "format_version": "1", "metadata": "{}", "optimizer": '{"param_groups": [], "non_tensor_state": {}}'}
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(save_safetensors_bytes({"model.w": torch.zeros(1), "optimizer.x": torch.zeros(1)}, metadata=fields))
+    with pytest.raises(CheckpointError, match=r"tensor 'optimizer.x' is not named optimizer.<parameter index>.<key>"):
+        load_checkpoint(path)
+
+
+def test_optimizer_state_that_does_not_fit_the_optimizer_is_refused(tmp_path: Path) -> None:
+    """Issue 11.9: momentum buffers of another shape, or another number of parameters, name the file and tensor."""
+    from anchorfree.checkpoint import check_optimizer_state
+
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train_steps(model, optimizer, 1, seed=0)
+    path = save_checkpoint(tmp_path / "last.safetensors", model, METADATA, optimizer)
+    state = load_checkpoint(path).optimizer_state
+    check_optimizer_state(optimizer, state, path)  # fits
+    state["state"][0]["momentum_buffer"] = torch.zeros(5)
+    with pytest.raises(CheckpointError, match=r"optimizer tensor optimizer.0.momentum_buffer is torch.float32 \(5,\)"):
+        check_optimizer_state(optimizer, state, path)
+    other = torch.optim.SGD(list(model.parameters())[:2], lr=0.1, momentum=0.9)
+    with pytest.raises(CheckpointError, match=r"groups of \[6\] parameters, the model's optimizer \[2\]"):
+        check_optimizer_state(other, load_checkpoint(path).optimizer_state, path)
+
+
+def test_resume_refuses_a_loop_state_of_the_wrong_types(tmp_path: Path) -> None:
+    """Issue 11.9: `last`'s loop position is type-checked field by field before training resumes."""
+    from anchorfree import engine
+    from anchorfree.checkpoint import Checkpoint
+
+    for loop, expected in [({"epoch": 1.5}, "loop.epoch must be an integer >= 0, got 1.5"), ({"epochs": 1}, "unknown keys ['epochs']"),
+                           ({"elapsed": True}, "loop.elapsed must be a number, got True")]:
+        with pytest.raises(CheckpointError, match=re.escape(expected)):
+            engine._loop_state(Checkpoint({}, {"loop": loop}, {}, tmp_path / "last.safetensors"))
+    assert engine._loop_state(Checkpoint({}, {"loop": {"epoch": 2, "step": 8, "elapsed": 1}}, {}, tmp_path)).step == 8
+
+
+def test_old_checkpoints_of_format_version_1_still_load(tmp_path: Path) -> None:
+    """Issue 11.9: a file as format 1 wrote it (no history, no loop) loads and builds a Detector."""
+    import anchorfree
+
+    path, tensors, metadata = tiny_detector_checkpoint(tmp_path)
+    write_raw(path, tensors, json.dumps({key: value for key, value in metadata.items() if key != "epoch"}))
+    detector = anchorfree.load(path, device="cpu")
+    assert detector.category_ids == [1, 2]

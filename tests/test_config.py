@@ -196,3 +196,78 @@ def test_centernet_key_typo_suggests_the_right_key() -> None:
     with pytest.raises(ConfigError) as error:
         apply_overrides(get_preset("centernet_cpu"), ["model.centernet.radius_formul=x"])
     assert str(error.value) == "unknown key 'model.centernet.radius_formul'; did you mean 'model.centernet.radius_formula'?"
+
+
+# --------------------------------------------------------------------------------------------- value ranges
+
+
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        ("train.batch_size", 0, ">= 1"),
+        ("train.epochs", 0, ">= 1"),
+        ("train.lr", float("nan"), "a finite number > 0"),
+        ("train.lr", -0.1, "a finite number > 0"),
+        ("train.lr", 0.0, "a finite number > 0"),
+        ("train.eval_every", 0, ">= 1 epochs"),
+        ("train.time_limit", -1.0, "a finite number of minutes >= 0"),
+        ("train.grad_clip", -1.0, "a finite number >= 0"),
+        ("train.weight_decay", -1e-4, "a finite number >= 0"),
+        ("train.warmup_iters", -5, ">= 0 steps"),
+        ("train.warmup_factor", 0.0, "in (0, 1]"),
+        ("train.warmup_factor", 2.0, "in (0, 1]"),
+        ("train.final_lr_ratio", 1.5, "in [0, 1]"),
+        ("train.momentum", 1.0, "in [0, 1)"),
+        ("train.log_every", 0, ">= 1 iterations"),
+        ("train.optimizer", "adam", "'sgd' or 'adamw'"),
+        ("train.lr_schedule", "linear", "'cosine' or 'step'"),
+        ("train.device", "gpu", "auto, cpu, cuda, cuda:N or mps"),
+        ("train.name", "../x", "a plain folder name inside train.project"),
+        ("data.workers", -1, ">= 0"),
+        ("data.max_size", 100, ">= the largest of data.train_sizes and data.val_size (352)"),
+        ("data.horizontal_flip", 1.5, "a probability in [0, 1]"),
+        ("model.name", "yolo", "one of fcos, centernet, cornernet"),
+        ("model.backbone", "resnet51", "one of resnet18"),
+        ("model.backbone_width", 0.0, "a positive multiplier"),
+    ],
+)
+def test_validate_names_the_key_the_value_and_the_allowed_range(key: str, value: object, allowed: str) -> None:
+    """Issue 11.9; RELIABILITY H4: every value is range-checked before a file is read, naming key, value and range."""
+    from anchorfree.config import validate
+
+    config = apply_overrides(get_preset("fcos_cpu"), {key: value})
+    with pytest.raises(ConfigError) as error:
+        validate(config)
+    message = str(error.value)
+    assert message.startswith(key) and allowed in message and f"got {value!r}" in message, message
+
+
+def test_validate_lists_every_bad_value_at_once() -> None:
+    """Issue 11.9: several bad values are one error listing each, so all are fixed in one go."""
+    from anchorfree.config import validate
+
+    config = apply_overrides(get_preset("fcos_cpu"), {"train.batch_size": 0, "data.workers": -1, "train.optimizer": "adam"})
+    with pytest.raises(ConfigError) as error:
+        validate(config)
+    assert all(key in str(error.value) for key in ("train.batch_size", "data.workers", "train.optimizer"))
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_is_valid(name: str) -> None:
+    """Issue 11.9: the range checks accept every shipped preset."""
+    from anchorfree.config import validate
+
+    validate(get_preset(name))
+
+
+def test_with_absolute_paths_resolves_relative_paths_against_a_base(tmp_path) -> None:
+    """Issue 11.8: relative data and project paths become absolute; empty ones stay empty."""
+    from anchorfree.config import with_absolute_paths
+
+    config = apply_overrides(get_preset("fcos_cpu"), {"data.train": "base/train.json", "data.val": "/data/val.json", "train.project": "runs"})
+    resolved = with_absolute_paths(config, tmp_path)
+    assert resolved.data.train == str(tmp_path / "base" / "train.json")
+    assert resolved.data.val == "/data/val.json"
+    assert resolved.train.project == str(tmp_path / "runs")
+    assert resolved.data.dataset == "" and resolved.data.images == ""
+    assert config.data.train == "base/train.json"  # a copy: the caller's config is unchanged

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from anchorfree.data.images import ImageLoadError, ImageTooLarge, inspect_image
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: a JPEG with bytes after its end marker is complete (2 called it truncated)
 
 
 def cache_dir() -> Path:

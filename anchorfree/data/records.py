@@ -21,10 +21,23 @@ from anchorfree.data.images import ImageLoadError, ImageTooLarge
 
 # The first line of the readers' one summary warning ends with this (`data check` recognises it).
 PROBLEM_SUMMARY = "annotation or image problem(s), skipped unless the kind says otherwise:"
+# How the readers treat problems: "skip" and "error" are training's data.on_invalid; "report" is `data check`'s
+# mode, in which structural problems are also recorded (the offending item left out) instead of raised.
+ON_INVALID_MODES = ("skip", "error", "report")
+# A box coordinate beyond this many pixels is a corrupt value (1e300, a unit mix-up), never a real box; it also
+# keeps x + width far inside float32, so no coordinate overflows to inf.
+MAX_BOX_COORDINATE = 1e7
 
 
 class InvalidAnnotation(ValueError):
-    """A data error: the message names the file, the image, the annotation and the value, and how to fix it."""
+    """A data error: the message names the file, the image, the annotation and the value, and how to fix it.
+
+    `kind` groups it in `data check`'s report ("unknown category", "malformed box", ...).
+    """
+
+    def __init__(self, message: str, kind: str = "structural problem") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -53,6 +66,8 @@ class DetectionData:
     problems: dict[str, int] = field(default_factory=dict)  # skipped-annotation counts by kind
     problem_examples: dict[str, list[str]] = field(default_factory=dict)  # the first messages of each kind
     format: str = "coco"  # the reader that produced it: coco | voc | yolo
+    # The kinds in `problems` that are structural (only recorded under on_invalid="report"; training raises them).
+    structural_kinds: set[str] = field(default_factory=set)
 
     def coco_ground_truth(self) -> dict:
         """The split as a COCO detection dict with the dataset's original category ids (for the evaluator)."""
@@ -78,15 +93,37 @@ class DetectionData:
 
 
 class ProblemLog:
-    """Counts per-box problems that were skipped, keeping the first examples, and warns once with a summary."""
+    """Counts the problems that were skipped, keeping the first examples, and warns once with a summary.
+
+    Per-box problems (`report`) are skipped, or raised under on_invalid="error". Structural problems
+    (`structural`, `reject`) are raised under "skip" and "error", so training stops at the first one; under
+    "report" they are recorded too and the reader leaves the offending item out, so `data check` lists every
+    problem of a file in one run.
+    """
 
     def __init__(self, source: Path, on_invalid: str) -> None:
-        if on_invalid not in ("skip", "error"):
-            raise ValueError(f"on_invalid must be 'skip' or 'error', got {on_invalid!r}")
+        if on_invalid not in ON_INVALID_MODES:
+            raise ValueError(f"on_invalid must be one of {', '.join(ON_INVALID_MODES)}, got {on_invalid!r}")
         self.source = source
         self.on_invalid = on_invalid
         self.counts: dict[str, int] = {}
         self.examples: dict[str, list[str]] = {}
+        self.structural_kinds: set[str] = set()
+
+    def structural(self, kind: str, message: str) -> None:
+        """A structural problem: raise InvalidAnnotation(message) unless on_invalid="report", where it is recorded
+        and the caller leaves the offending item (annotation, image, row, file) out and carries on."""
+        if self.on_invalid != "report":
+            raise InvalidAnnotation(message, kind)
+        self.structural_kinds.add(kind)
+        self.note(kind, message)
+
+    def reject(self, error: InvalidAnnotation) -> None:
+        """`structural` for an InvalidAnnotation a helper raised: re-raised unless on_invalid="report"."""
+        if self.on_invalid != "report":
+            raise error
+        self.structural_kinds.add(error.kind)
+        self.note(error.kind, str(error))
 
     def report(self, kind: str, message: str, hint: str = "Use on_invalid=skip to drop such boxes with a warning.") -> None:
         """A per-box problem: raise under on_invalid='error', otherwise count it and keep the example."""
@@ -121,13 +158,24 @@ def build_record(
     where: str,
 ) -> ImageRecord:
     """One image's record from its raw objects (annotation id, how messages name it (e.g. "annotation id=7",
-    "object 2", "line 3"), (4,) x1 y1 x2 y2 box, label, crowd), after the rules every format shares: boxes are clipped to the image, boxes left under 1 px are skipped with a
-    counted warning (the image itself always stays), and exact duplicates (same box and label) are dropped with
-    a counted warning. `where` prefixes messages: the annotation file and the image.
+    "object 2", "line 3"), (4,) x1 y1 x2 y2 box, label, crowd), after the rules every format shares: a box with
+    a coordinate beyond MAX_BOX_COORDINATE (or NaN/inf) is a structural problem, boxes are clipped to the image,
+    boxes left under 1 px are skipped with a counted warning (the image itself always stays), and exact
+    duplicates (same box and label) are dropped with a counted warning. `where` prefixes messages: the
+    annotation file and the image.
     """
     boxes, labels, crowds, annotation_ids = [], [], [], []
     seen: set[tuple] = set()
     for annotation_id, reference, box, label, crowd in objects:
+        # Readers pass float64 boxes, so a huge value arrives here intact instead of overflowed to inf by a cast.
+        # NaN fails both comparisons, so it is caught too.
+        if not all(-MAX_BOX_COORDINATE <= value <= MAX_BOX_COORDINATE for value in box.tolist()):
+            problems.structural(
+                "box coordinates out of range",
+                f"{where} {reference}: box {box.tolist()} has a coordinate beyond {MAX_BOX_COORDINATE:g} px (or NaN/inf); "
+                "the value is corrupt, fix or remove the box",
+            )
+            continue
         if box[2] <= box[0] or box[3] <= box[1]:
             problems.report("zero-size box", f"{where} {reference}: box {box.tolist()} has width or height 0 (must be > 0)")
             continue
@@ -176,27 +224,32 @@ def check_image(
 ) -> tuple[int, int] | None:
     """(width, height) of a usable image after EXIF orientation, or None when it is skipped.
 
-    A missing file or a decompression bomb is always an error. A corrupt, truncated, too small or non-image file
-    is skipped with a counted warning (an error under on_invalid='error'). A recorded size that disagrees with
-    the file is an error unless `trust_image_size`, which takes the file's size instead.
+    A missing file or a decompression bomb is always a structural problem (an error, recorded under
+    on_invalid="report"). A corrupt, truncated, too small or non-image file is skipped with a counted warning (an
+    error under on_invalid='error'). A recorded size that disagrees with the file is structural unless
+    `trust_image_size`, which takes the file's size instead.
     """
     if not path.is_file():
-        raise InvalidAnnotation(f"{where}: image file {path} not found")
+        problems.structural("image file not found", f"{where}: image file {path} not found")
+        return None
     try:
         width, height = cache.inspect(path)
+    except ImageTooLarge as error:
+        problems.structural("image too large", f"{where}: {error}")
+        return None
     except ImageLoadError as error:
-        if isinstance(error, ImageTooLarge):
-            raise InvalidAnnotation(f"{where}: {error}") from error
         problems.report("unusable image", f"{where}: {error}", hint="Use on_invalid=skip to leave such images out with a warning.")
         return None
     recorded_width, recorded_height = recorded
     if recorded_width is not None and recorded_height is not None and (int(recorded_width), int(recorded_height)) != (width, height):
         if not trust_image_size:
-            raise InvalidAnnotation(
+            problems.structural(
+                "recorded size differs from the image",
                 f"{where}: recorded size {recorded_width}x{recorded_height} but the file is {width}x{height} after EXIF "
                 f"orientation ({path}); fix the annotation (an EXIF-rotated photo is the usual cause) or set data.trust_image_size=true "
-                "to use the file's size"
+                "to use the file's size",
             )
+            return None
         problems.note("recorded size differs from the image (the file's size is used)", f"{where}: recorded {recorded_width}x{recorded_height}, file {width}x{height}")
     return width, height
 

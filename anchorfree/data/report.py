@@ -4,14 +4,17 @@
     print(format_report(report))              # a table per split: images, boxes per class and size, problems
     show_dataset("coco/", "train.png")        # a grid of sample images with their ground-truth boxes drawn
 
-The report reads each split with the same readers (and the same per-box rules) as training, so its problems are
-exactly what training would skip with a warning, or refuse under `on_invalid="error"`. Structural errors
-(`InvalidAnnotation`, `ImageLoadError`) are not caught: a dataset that training would refuse has no report.
+The report reads each split with the same readers (and the same per-box rules) as training, in the readers'
+"report" mode: every problem of a file is listed in one run, grouped by kind and counted, with the first examples.
+Structural problems (an unknown category, a missing image, a file_name escaping the image folder, malformed
+values...), which training refuses at the first, are marked as such; per-box problems are what training skips
+with a warning, or refuses under `on_invalid="error"`. A path that holds no dataset at all still raises.
 Only files under our own cache folder and the given output paths are written; the dataset is only read.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import warnings
 from collections.abc import Iterator
@@ -26,6 +29,7 @@ from anchorfree.data.formats import dataset_splits, detect_format, iter_splits
 from anchorfree.data.images import ImageLoadError, load_image
 from anchorfree.data.records import PROBLEM_SUMMARY, DetectionData, ImageRecord, InvalidAnnotation
 from anchorfree.drawing import IGNORE_COLOUR, class_colour, fit_to_tile, save_image
+from anchorfree.outputs import data_inputs, refuse_overwriting_inputs
 
 # COCO's size ranges, on box area in pixels of the (EXIF-oriented) image: small < 32^2 <= medium < 96^2 <= large.
 SIZE_RANGES = (("small", 32**2), ("medium", 96**2), ("large", float("inf")))
@@ -38,7 +42,7 @@ def dataset_report(
     path: str | Path,
     data_format: str = "",
     class_names: list[str] | None = None,
-    on_invalid: str = "skip",
+    on_invalid: str = "report",
     decode: bool = False,
 ) -> dict[str, Any]:
     """Statistics and problems of every split at `path` (a COCO JSON, a VOC or YOLO folder, a dataset YAML, or a
@@ -48,20 +52,23 @@ def dataset_report(
         path: what `read_dataset` accepts; every split `dataset_splits` finds is read.
         data_format: "coco", "voc" or "yolo"; detected when empty.
         class_names: the classes in label order (VOC, YOLO; checked against COCO's categories).
-        on_invalid: "skip" counts per-box problems and unusable images; "error" raises InvalidAnnotation on the first.
+        on_invalid: "report" lists every problem, structural ones included; "skip" lists per-box problems and
+            unusable images and raises InvalidAnnotation on the first structural one (as training reads); "error"
+            raises on the first problem of any kind.
         decode: also decode every image in full (`load_image`); the readers only check headers and JPEG end
             markers. A failure is a problem of kind "image fails to decode" (raised under on_invalid="error").
 
     Returns:
-        {"path", "format" (detected: coco | voc | yolo | yaml), "class_names", "decoded", "ok", "splits": {split:
-        {"path", "format", "images", "images_without_objects", "boxes", "crowd_boxes", "boxes_per_class",
-        "box_sizes", "box_sizes_per_class", "image_sizes", "problems": {kind: {"count", "examples"}},
-        "warnings"}}}. Box sizes are COCO's small / medium / large counts; crowd boxes are included in every
-        count. "ok" is true when no split has a problem or a reader warning.
+        {"path", "format" (detected: coco | voc | yolo | yaml), "class_names", "decoded", "ok", "structural",
+        "splits": {split: {"path", "format", "images", "images_without_objects", "boxes", "crowd_boxes",
+        "boxes_per_class", "box_sizes", "box_sizes_per_class", "image_sizes", "problems": {kind: {"count",
+        "examples", "structural"}}, "warnings"}}}. Box sizes are COCO's small / medium / large counts; crowd boxes
+        are included in every count. "ok" is true when no split has a problem or a reader warning; "structural" is
+        true when some split has a structural problem (one training refuses, not skips).
 
     Raises:
-        InvalidAnnotation, ImageLoadError: structural errors (as training would raise them), and any problem
-        under on_invalid="error".
+        InvalidAnnotation, ImageLoadError: a path that holds no readable dataset, structural problems under
+        on_invalid="skip", and any problem under on_invalid="error".
     """
     splits: dict[str, dict[str, Any]] = {}
     names: list[str] = []
@@ -78,12 +85,14 @@ def dataset_report(
         summary["warnings"] = texts
         splits[split] = summary
     ok = all(not summary["problems"] and not summary["warnings"] for summary in splits.values())
+    structural = any(problem["structural"] for summary in splits.values() for problem in summary["problems"].values())
     return {
         "path": str(path),
         "format": "yaml" if _is_yaml(path) else data_format or detect_format(path),
         "class_names": names,
         "decoded": decode,
         "ok": ok,
+        "structural": structural,
         "splits": splits,
     }
 
@@ -126,7 +135,8 @@ def _split_summary(data: DetectionData) -> dict[str, Any]:
     widths = [record.width for record in data.records]
     heights = [record.height for record in data.records]
     problems = {
-        kind: {"count": int(count), "examples": list(data.problem_examples.get(kind, []))} for kind, count in sorted(data.problems.items())
+        kind: {"count": int(count), "examples": list(data.problem_examples.get(kind, [])), "structural": kind in data.structural_kinds}
+        for kind, count in sorted(data.problems.items())
     }
     return {
         "path": str(data.source),
@@ -161,7 +171,7 @@ def _decode_error(path: Path, on_invalid: str) -> str | None:
 
 
 def _add_problem(problems: dict[str, dict[str, Any]], kind: str, message: str) -> None:
-    entry = problems.setdefault(kind, {"count": 0, "examples": []})
+    entry = problems.setdefault(kind, {"count": 0, "examples": [], "structural": False})
     entry["count"] += 1
     if len(entry["examples"]) < MAX_EXAMPLES:
         entry["examples"].append(message)
@@ -186,21 +196,31 @@ def format_report(report: dict[str, Any]) -> str:
         rows.append(("all", summary["boxes"], summary["box_sizes"]))
         for name, count, by_size in rows:
             lines.append(f"  {name:<{width}}  {count:>7}  {by_size['small']:>7}  {by_size['medium']:>7}  {by_size['large']:>7}")
-        if summary["problems"]:
-            lines.append("  problems:")
-            for kind, problem in summary["problems"].items():
-                example = problem["examples"][0] if problem["examples"] else ""
-                lines.append(f"    {kind}: {problem['count']}" + (f", e.g. {example}" if example else ""))
+        for structural, title in ((True, "structural problems (training stops at the first):"), (False, "problems (training skips them):")):
+            group = {kind: problem for kind, problem in summary["problems"].items() if problem["structural"] == structural}
+            if not group:
+                continue
+            lines.append(f"  {title}")
+            for kind, problem in group.items():
+                lines.append(f"    {kind}: {problem['count']}" + (", e.g." if problem["examples"] else ""))
+                lines.extend(f"      {example}" for example in problem["examples"])
         # The readers' summary warnings repeat the problems above; any other warning is shown in full.
         for text in summary["warnings"]:
             if not text.split("\n", 1)[0].endswith(PROBLEM_SUMMARY):
                 lines.append(f"  warning: {text}")
-    problems = sum(problem["count"] for summary in report["splits"].values() for problem in summary["problems"].values())
+    every_problem = [problem for summary in report["splits"].values() for problem in summary["problems"].values()]
+    structural = sum(problem["count"] for problem in every_problem if problem["structural"])
+    skipped = sum(problem["count"] for problem in every_problem if not problem["structural"])
     lines.append("")
     if report["ok"]:
         lines.append("ok: no problems found" + (" (every image decoded)" if report["decoded"] else ""))
+    elif structural:
+        lines.append(
+            f"structural problems found: {structural}, which training refuses (it stops at the first); fix them all, "
+            f"then check again" + (f"; and {skipped} skipped annotation(s) or image(s)" if skipped else "")
+        )
     else:
-        lines.append(f"problems found: {problems} skipped annotation(s) or image(s); training skips them (on_invalid=error refuses them)")
+        lines.append(f"problems found: {skipped} skipped annotation(s) or image(s); training skips them (on_invalid=error refuses them)")
     return "\n".join(lines)
 
 
@@ -231,6 +251,7 @@ def show_dataset(
         raise InvalidAnnotation(f"{path}: no '{split}' split (it has {', '.join(available)})")
     read = _read_splits(path, data_format, class_names, "skip", last=split)
     data, texts = next((data, texts) for current, data, texts in read if current == split)
+    refuse_overwriting_inputs([out_png], itertools.chain([Path(path)], data_inputs(data)), "data show --out")
     for text in texts:
         warnings.warn(text, stacklevel=2)
     if not data.records:

@@ -14,6 +14,7 @@ file-name order and classes get category ids 1..C in the order of `class_names` 
 from __future__ import annotations
 
 import math
+import os
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from defusedxml import DefusedXmlException
 from anchorfree.data.cache import ImageInfoCache, content_hash
 from anchorfree.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
 from anchorfree.data.records import DetectionData, InvalidAnnotation, ProblemLog, build_record, check_image, join_inside
+from anchorfree.data.textfiles import MAX_LABEL_FILE_BYTES, read_bytes_limited, read_text_limited
 
 
 def voc_annotation_files(path: Path, split: str | None = None) -> tuple[list[Path], Path]:
@@ -36,7 +38,7 @@ def voc_annotation_files(path: Path, split: str | None = None) -> tuple[list[Pat
     if path.is_file() and path.suffix == ".txt":
         root = path.parent.parent.parent if path.parent.name == "Main" else path.parent.parent
         folder = root / "Annotations"
-        ids = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        ids = [line.split()[0] for line in read_text_limited(path, MAX_LABEL_FILE_BYTES, "VOC split file").splitlines() if line.strip()]
         return [folder / f"{image_id}.xml" for image_id in ids], folder
     if not path.is_dir():
         raise InvalidAnnotation(f"{path}: not a folder of Pascal VOC XML files")
@@ -72,15 +74,22 @@ def read_voc(
     path = Path(path)
     files, folder = voc_annotation_files(path, split)
     documents = []
+    problems = ProblemLog(path, on_invalid)
     for xml_file in files:
         try:
-            content = xml_file.read_bytes()
+            content = read_bytes_limited(xml_file, MAX_LABEL_FILE_BYTES, "VOC annotation file")
         except FileNotFoundError:
-            raise InvalidAnnotation(f"{xml_file}: annotation file not found (listed in the split file of {path})") from None
-        documents.append((xml_file, content, _parse(xml_file, content)))
+            problems.structural("annotation file not found", f"{xml_file}: annotation file not found (listed in the split file of {path})")
+            continue
+        except InvalidAnnotation as error:  # too large, or not UTF-8
+            problems.reject(error)
+            continue
+        try:
+            documents.append((xml_file, content, _parse(xml_file, content)))
+        except InvalidAnnotation as error:
+            problems.reject(error)  # the whole file is unreadable: recorded once, under "report"
 
-    problems = ProblemLog(path, on_invalid)
-    parsed = [(xml_file, _read_objects(xml_file, root)) for xml_file, _, root in documents]
+    parsed = [(xml_file, _read_objects(xml_file, root, problems)) for xml_file, _, root in documents]
     if class_names is None:
         class_names = sorted({name for _, (_, _, objects) in parsed for _, name, _, _ in objects})
         if not class_names:
@@ -91,9 +100,16 @@ def read_voc(
     cache = ImageInfoCache(content_hash(*(content for _, content, _ in documents), str(path.resolve()), str(image_root)), max_image_pixels)
     records, paths_seen = [], {}
     for image_id, (xml_file, (file_name, size, objects)) in enumerate(parsed, start=1):
-        image_path = _find_image(xml_file, file_name, roots)
+        try:
+            image_path = _find_image(xml_file, file_name, roots)
+        except InvalidAnnotation as error:
+            problems.reject(error)
+            continue
         if image_path in paths_seen:
-            raise InvalidAnnotation(f"{xml_file}: image {image_path} is also annotated by {paths_seen[image_path]}; one XML file per image")
+            problems.structural(
+                "image annotated twice", f"{xml_file}: image {image_path} is also annotated by {paths_seen[image_path]}; one XML file per image"
+            )
+            continue
         paths_seen[image_path] = xml_file
         where = f"{xml_file} ({image_path.name})"
         image_size = check_image(image_path, size, cache, problems, where, trust_image_size)
@@ -102,14 +118,17 @@ def read_voc(
         raw = []
         for index, name, box, difficult in objects:
             if name not in label_of:
-                raise InvalidAnnotation(f"{xml_file}: object {index}: class {name!r} is not one of the dataset's classes {class_names}")
+                problems.structural("unknown class", f"{xml_file}: object {index}: class {name!r} is not one of the dataset's classes {class_names}")
+                continue
             raw.append((index, f"object {index}", box, label_of[name], difficult))
-        relative = image_path.name if image_path.parent in roots else str(image_path)
+        relative = _name_below_roots(image_path, roots)
         records.append(build_record(image_id, relative, image_path, image_size[0], image_size[1], raw, problems, where))
     cache.save()
     problems.warn_summary()
     category_ids = list(range(1, len(class_names) + 1))
-    return DetectionData(records, list(class_names), category_ids, path, dict(problems.counts), dict(problems.examples), "voc")
+    return DetectionData(
+        records, list(class_names), category_ids, path, dict(problems.counts), dict(problems.examples), "voc", set(problems.structural_kinds)
+    )
 
 
 def _parse(xml_file: Path, content: bytes) -> ElementTree.Element:
@@ -117,47 +136,62 @@ def _parse(xml_file: Path, content: bytes) -> ElementTree.Element:
         root = SafeElementTree.fromstring(content)
     except ElementTree.ParseError as error:
         line, column = error.position
-        raise InvalidAnnotation(f"{xml_file}: malformed XML at line {line}, column {column} ({error})") from error
+        raise InvalidAnnotation(f"{xml_file}: malformed XML at line {line}, column {column} ({error})", "malformed file") from error
     except DefusedXmlException as error:
-        raise InvalidAnnotation(f"{xml_file}: refused XML construct ({error}); VOC files need no entities or DTDs") from error
+        raise InvalidAnnotation(f"{xml_file}: refused XML construct ({error}); VOC files need no entities or DTDs", "malformed file") from error
     if root.tag != "annotation":
-        raise InvalidAnnotation(f"{xml_file}: root element is <{root.tag}>, expected <annotation> (Pascal VOC)")
+        raise InvalidAnnotation(f"{xml_file}: root element is <{root.tag}>, expected <annotation> (Pascal VOC)", "malformed file")
     return root
 
 
-def _read_objects(xml_file: Path, root: ElementTree.Element) -> tuple[str, tuple[int | None, int | None], list]:
-    """(filename, (width, height) or Nones, [(index, name, (4,) box, difficult)]) of one XML document."""
+def _read_objects(xml_file: Path, root: ElementTree.Element, problems: ProblemLog) -> tuple[str, tuple[int | None, int | None], list]:
+    """(filename, (width, height) or Nones, [(index, name, (4,) box, difficult)]) of one XML document. A malformed
+    object is an error, or under on_invalid="report" recorded and left out (a malformed <size> is then unknown)."""
     file_name = (root.findtext("filename") or "").strip() or xml_file.stem
     size = (None, None)
     size_element = root.find("size")
     if size_element is not None:
-        width, height = (_number(xml_file, "size", field, size_element.findtext(field)) for field in ("width", "height"))
+        try:
+            width, height = (_number(xml_file, "size", field, size_element.findtext(field)) for field in ("width", "height"))
+        except InvalidAnnotation as error:
+            problems.reject(error)
+            width = height = None
         if width is not None and height is not None and width > 0 and height > 0:
             size = (int(width), int(height))  # a 0 x 0 <size> (some tools write it) means unknown
     objects = []
     for index, element in enumerate(root.findall("object")):
-        name = (element.findtext("name") or "").strip()
-        if not name:
-            raise InvalidAnnotation(f"{xml_file}: object {index} has no <name>")
-        box_element = element.find("bndbox")
-        if box_element is None:
-            raise InvalidAnnotation(f"{xml_file}: object {index} ({name}) has no <bndbox>")
-        values = []
-        for field in ("xmin", "ymin", "xmax", "ymax"):
-            value = _number(xml_file, f"object {index} ({name})", field, box_element.findtext(field))
-            if value is None:
-                raise InvalidAnnotation(f"{xml_file}: object {index} ({name}) has no <{field}> in <bndbox>")
-            values.append(value)
-        xmin, ymin, xmax, ymax = values
-        box = np.array([xmin - 1, ymin - 1, xmax, ymax], dtype=np.float32)
-        if box[2] < box[0] or box[3] < box[1]:
-            raise InvalidAnnotation(
-                f"{xml_file}: object {index} ({name}): xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g} has xmax < xmin or "
-                "ymax < ymin; the corners look swapped, fix the file"
-            )
-        difficult = _number(xml_file, f"object {index} ({name})", "difficult", element.findtext("difficult")) or 0
-        objects.append((index, name, box, bool(difficult)))
+        try:
+            objects.append(_read_object(xml_file, index, element))
+        except InvalidAnnotation as error:
+            problems.reject(error)
     return file_name, size, objects
+
+
+def _read_object(xml_file: Path, index: int, element: ElementTree.Element) -> tuple[int, str, np.ndarray, bool]:
+    """(index, name, (4,) float64 x1 y1 x2 y2 box, difficult) of one <object>."""
+    name = (element.findtext("name") or "").strip()
+    if not name:
+        raise InvalidAnnotation(f"{xml_file}: object {index} has no <name>", "malformed object")
+    box_element = element.find("bndbox")
+    if box_element is None:
+        raise InvalidAnnotation(f"{xml_file}: object {index} ({name}) has no <bndbox>", "malformed box")
+    values = []
+    for field in ("xmin", "ymin", "xmax", "ymax"):
+        value = _number(xml_file, f"object {index} ({name})", field, box_element.findtext(field))
+        if value is None:
+            raise InvalidAnnotation(f"{xml_file}: object {index} ({name}) has no <{field}> in <bndbox>", "malformed box")
+        values.append(value)
+    xmin, ymin, xmax, ymax = values
+    # float64: a corrupt huge value reaches the shared range check in build_record instead of overflowing a cast
+    box = np.array([xmin - 1, ymin - 1, xmax, ymax], dtype=np.float64)
+    if box[2] < box[0] or box[3] < box[1]:
+        raise InvalidAnnotation(
+            f"{xml_file}: object {index} ({name}): xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g} has xmax < xmin or "
+            "ymax < ymin (a negative width or height); the corners look swapped, fix the file",
+            "malformed box",
+        )
+    difficult = _number(xml_file, f"object {index} ({name})", "difficult", element.findtext("difficult")) or 0
+    return index, name, box, bool(difficult)
 
 
 def _number(xml_file: Path, where: str, field: str, text: str | None) -> float | None:
@@ -166,10 +200,19 @@ def _number(xml_file: Path, where: str, field: str, text: str | None) -> float |
     try:
         value = float(text)
     except ValueError:
-        raise InvalidAnnotation(f"{xml_file}: {where}: <{field}> is {text.strip()!r}, not a number") from None
+        raise InvalidAnnotation(f"{xml_file}: {where}: <{field}> is {text.strip()!r}, not a number", "not a number") from None
     if not math.isfinite(value):
-        raise InvalidAnnotation(f"{xml_file}: {where}: <{field}> is {text.strip()!r} (NaN or inf)")
+        raise InvalidAnnotation(f"{xml_file}: {where}: <{field}> is {text.strip()!r} (NaN or inf)", "not a number")
     return value
+
+
+def _name_below_roots(image_path: Path, roots: list[Path]) -> str:
+    """The image's `file_name`: its path below the innermost image root holding it (relative, so a converted
+    copy lands inside the output however the dataset was named), or the absolute path when none holds it."""
+    holding = [Path(os.path.abspath(root)) for root in roots if image_path.is_relative_to(os.path.abspath(root))]
+    if not holding:
+        return str(image_path)
+    return image_path.relative_to(max(holding, key=lambda root: len(root.parts))).as_posix()
 
 
 def _image_root_candidates(folder: Path) -> list[Path]:
@@ -185,11 +228,11 @@ def _find_image(xml_file: Path, file_name: str, roots: list[Path]) -> Path:
         for name in names:
             candidate = join_inside(root, name)
             if candidate is None:
-                raise InvalidAnnotation(f"{xml_file}: <filename> {file_name!r} resolves outside the image folder {root}")
+                raise InvalidAnnotation(f"{xml_file}: <filename> {file_name!r} resolves outside the image folder {root}", "file_name outside the image folder")
             if candidate.is_file():
                 return candidate
     tried = ", ".join(str(root) for root in roots)
-    raise InvalidAnnotation(f"{xml_file}: image {file_name!r} not found in {tried}; pass the image folder as data.images")
+    raise InvalidAnnotation(f"{xml_file}: image {file_name!r} not found in {tried}; pass the image folder as data.images", "image file not found")
 
 
 def write_voc(data: DetectionData, out: Path, image_folder: str = "JPEGImages", split: str | None = None) -> Path:
@@ -224,5 +267,9 @@ def write_voc(data: DetectionData, out: Path, image_folder: str = "JPEGImages", 
 
 
 def _format_coordinate(value: float) -> str:
-    """Integers as integers (as VOC files have them), other values with float32's full precision."""
-    return str(int(value)) if float(value).is_integer() else repr(float(np.float32(value)))
+    """Integers as integers (as VOC files have them), other values as the shortest decimal of the float64 value.
+
+    The written value is a float32 box coordinate plus 1, computed in float64 where it is exact; writing that
+    float64 (not its float32 rounding) lets the reader's `value - 1` give back the same float32 coordinate.
+    """
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

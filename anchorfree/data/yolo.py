@@ -23,6 +23,7 @@ import numpy as np
 from anchorfree.data.cache import ImageInfoCache, content_hash
 from anchorfree.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
 from anchorfree.data.records import DetectionData, InvalidAnnotation, ProblemLog, build_record, check_image
+from anchorfree.data.textfiles import MAX_LABEL_FILE_BYTES, read_text_limited
 
 OUT_OF_RANGE_ERROR_FRACTION = 0.05  # above this share of rows out of [0, 1], coordinates are taken to be pixels
 RANGE_TOLERANCE = 1e-3  # normalised values this far outside [0, 1] still count as inside (rounding)
@@ -46,7 +47,7 @@ def yolo_image_files(path: Path) -> tuple[list[Path], Path]:
     """
     if path.is_file() and path.suffix == ".txt":
         images = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in read_text_limited(path, MAX_LABEL_FILE_BYTES, "YOLO image-list file").splitlines():
             if line.strip():
                 image = Path(line.strip())
                 images.append(image if image.is_absolute() else (path.parent / image))
@@ -66,7 +67,7 @@ def find_class_names(image_root: Path) -> list[str] | None:
     labels_root = label_path(image_root / "x.jpg").parent
     for candidate in (labels_root / "classes.txt", labels_root.parent / "classes.txt", image_root / "classes.txt", image_root.parent / "classes.txt"):
         if candidate.is_file():
-            return [line.strip() for line in candidate.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return [line.strip() for line in read_text_limited(candidate, MAX_LABEL_FILE_BYTES, "class-names file").splitlines() if line.strip()]
     return None
 
 
@@ -100,14 +101,22 @@ def read_yolo(
     out_of_range: list[tuple[Path, int, str]] = []
     for image_path in images:
         labels_file = label_path(image_path)
-        text = labels_file.read_text(encoding="utf-8") if labels_file.is_file() else ""
+        try:
+            text = read_text_limited(labels_file, MAX_LABEL_FILE_BYTES, "YOLO label file") if labels_file.is_file() else ""
+        except InvalidAnnotation as error:  # too large, or not UTF-8: under "report", recorded and the image left out
+            problems.reject(error)
+            continue
         contents.append(text)
         rows = []
         for line_number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             rows_seen += 1
-            row = _parse_row(labels_file, line_number, line, len(class_names))
+            try:
+                row = _parse_row(labels_file, line_number, line, len(class_names))
+            except InvalidAnnotation as error:
+                problems.reject(error)  # under "report": recorded, the row left out
+                continue
             if any(value < -RANGE_TOLERANCE or value > 1 + RANGE_TOLERANCE for value in row[1:]):
                 out_of_range.append((labels_file, line_number, line.strip()))
                 continue
@@ -117,10 +126,12 @@ def read_yolo(
         labels_file, line_number, line = out_of_range[0]
         message = f"{labels_file}:{line_number}: {line!r} has coordinates outside [0, 1]"
         if len(out_of_range) > OUT_OF_RANGE_ERROR_FRACTION * max(rows_seen, 1):
-            raise InvalidAnnotation(
+            problems.structural(
+                "coordinates not normalised",
                 f"{message}, as do {len(out_of_range)} of {rows_seen} rows: YOLO coordinates are normalised by the image size; "
-                "these look like pixel coordinates (convert them, or use the COCO or VOC format)"
+                "these look like pixel coordinates (convert them, or use the COCO or VOC format)",
             )
+            out_of_range = []  # reported once above, as the problem of the whole split
         for labels_file, line_number, line in out_of_range:
             problems.report("coordinates outside [0, 1]", f"{labels_file}:{line_number}: {line!r} has coordinates outside [0, 1]")
 
@@ -144,7 +155,9 @@ def read_yolo(
     cache.save()
     problems.warn_summary()
     category_ids = list(range(1, len(class_names) + 1))
-    return DetectionData(records, list(class_names), category_ids, path, dict(problems.counts), dict(problems.examples), "yolo")
+    return DetectionData(
+        records, list(class_names), category_ids, path, dict(problems.counts), dict(problems.examples), "yolo", set(problems.structural_kinds)
+    )
 
 
 def _parse_row(labels_file: Path, line_number: int, line: str, num_classes: int) -> tuple[int, float, float, float, float]:
@@ -152,18 +165,21 @@ def _parse_row(labels_file: Path, line_number: int, line: str, num_classes: int)
     where = f"{labels_file}:{line_number}"
     tokens = line.split()
     if len(tokens) != 5 and (len(tokens) < 7 or len(tokens) % 2 == 0):
-        raise InvalidAnnotation(f"{where}: {len(tokens)} columns in {line.strip()!r}; YOLO rows are 'class cx cy w h' (5 columns) or a polygon 'class x1 y1 x2 y2 ...'")
+        raise InvalidAnnotation(
+            f"{where}: {len(tokens)} columns in {line.strip()!r}; YOLO rows are 'class cx cy w h' (5 columns) or a polygon 'class x1 y1 x2 y2 ...'",
+            "wrong number of columns",
+        )
     values = []
     for column, token in enumerate(tokens, start=1):
         try:
             values.append(float(token))
         except ValueError:
-            raise InvalidAnnotation(f"{where}: column {column} of {len(tokens)} is {token!r}, not a number, in {line.strip()!r}") from None
+            raise InvalidAnnotation(f"{where}: column {column} of {len(tokens)} is {token!r}, not a number, in {line.strip()!r}", "not a number") from None
         if not math.isfinite(values[-1]):
-            raise InvalidAnnotation(f"{where}: column {column} of {len(tokens)} is {token!r} (NaN or inf) in {line.strip()!r}")
+            raise InvalidAnnotation(f"{where}: column {column} of {len(tokens)} is {token!r} (NaN or inf) in {line.strip()!r}", "not a number")
     label = values[0]
     if not label.is_integer() or not 0 <= label < num_classes:
-        raise InvalidAnnotation(f"{where}: class {tokens[0]} is not a class index below the number of classes nc={num_classes}")
+        raise InvalidAnnotation(f"{where}: class {tokens[0]} is not a class index below the number of classes nc={num_classes}", "unknown class")
     if len(values) == 5:
         return int(label), values[1], values[2], values[3], values[4]
     xs, ys = values[1::2], values[2::2]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from anchorfree.models.backbones import FrozenNorm
 from anchorfree.models.centernet import CenterNet, CenterNetConfig, build_centernet
 from anchorfree.models.cornernet import CornerNet, CornerNetConfig, build_cornernet
 from anchorfree.models.fcos import FCOS, FCOSConfig, build_fcos
@@ -34,4 +35,16 @@ def build_model(model_config: ModelConfig, num_classes: int) -> nn.Module:
     )
 
 
-__all__ = ["CenterNet", "CenterNetConfig", "CornerNet", "CornerNetConfig", "FCOS", "FCOSConfig", "MODELS", "build_centernet", "build_cornernet", "build_fcos", "build_model"]
+def with_pretrained_structure(model: nn.Module, model_config: ModelConfig) -> nn.Module:
+    """`model` (built with pretrained_backbone=False) in the structure a pretrained backbone trains in.
+
+    A checkpoint holds every weight, so loading or resuming one needs no ImageNet download, only the same
+    modules: a pretrained backbone is wrapped in `FrozenNorm` (same state-dict keys under `backbone.body.`,
+    frozen batch norm, and so the same trainable parameters for the optimizer).
+    """
+    if model_config.pretrained_backbone and not isinstance(model.backbone, FrozenNorm):
+        model.backbone = FrozenNorm(model.backbone)
+    return model
+
+
+__all__ = ["CenterNet", "CenterNetConfig", "CornerNet", "CornerNetConfig", "FCOS", "FCOSConfig", "MODELS", "build_centernet", "build_cornernet", "build_fcos", "build_model", "with_pretrained_structure"]

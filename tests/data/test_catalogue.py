@@ -443,13 +443,20 @@ def test_a17_background_images_sharing_one_id_are_an_error(data: DataFolder) -> 
 
 def test_a18_orphan_annotations_are_counted_and_ignored(data: DataFolder) -> None:
     coco = coco_set(
-        data.root, [annotation(1, 7, 1, [1, 1, 5, 5]), annotation(2, 404, 1, [1, 1, 5, 5]), annotation(3, "7", 2, [1, 1, 5, 5])]
+        data.root, [annotation(1, 7, 1, [1, 1, 5, 5]), annotation(2, 404, 1, [1, 1, 5, 5]), annotation(3, 405, 2, [1, 1, 5, 5])]
     )
     data.seal()
     result = assert_skipped(
         coco_reader(coco), "annotation for an unknown image_id", 2, [str(coco), "2 annotation(s)", "annotation id=2 image_id=404"]
     )
     assert by_name(result)["a"].annotation_ids == [1] and len(result.records) == 2
+
+
+def test_a18_an_image_id_of_the_wrong_type_is_an_error_not_an_orphan(data: DataFolder) -> None:
+    """A string "7" is a malformed value (issue 11.9), named as such rather than counted as an unknown image."""
+    coco = coco_set(data.root, [annotation(3, "7", 2, [1, 1, 5, 5])])
+    data.seal()
+    assert_error(coco_reader(coco), [str(coco), "annotation id=3", "image_id", "'7'"])
 
 
 @pytest.mark.parametrize("bbox", [None, "1,2,3,4", {"x": 1}, [1, 2, 3, 4, 5], [1, True, 2, 2], [1, None, 2, 2]])
