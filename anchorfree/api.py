@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
-from anchorfree.checkpoint import atomic_write_bytes, atomic_write_text, load_checkpoint
-from anchorfree.config import Config, ConfigError, apply_overrides, config_from_dict, get_preset
+from anchorfree.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, check_metadata, check_state_dict, checkpoint_config, load_checkpoint
+from anchorfree.config import Config, ConfigError, apply_overrides, get_preset
 from anchorfree.data.cache import cache_dir
 from anchorfree.data.dataset import scale_to_original
 from anchorfree.data.images import MIN_IMAGE_SIDE, ImageLoadError, image_to_tensor, load_image
@@ -33,11 +33,8 @@ from anchorfree.drawing import class_colour
 from anchorfree.engine import autocast, data_paths, evaluate, read_split, resolve_device
 from anchorfree.engine import train as train_loop
 from anchorfree.evaluation import EvaluationResult
-from anchorfree.models import build_model
-from anchorfree.models.backbones import FrozenNorm
+from anchorfree.models import build_model, with_pretrained_structure
 from anchorfree.models.backbones import PretrainedWeightsUnavailable
-from anchorfree.checkpoint import CheckpointError, check_metadata, check_state_dict, checkpoint_config
-from anchorfree.models import with_pretrained_structure
 from anchorfree.outputs import data_inputs, refuse_overwriting_inputs, renamed_note, unique_output_names
 from anchorfree.plots import EVALUATION_PLOTS, write_evaluation_plots
 from anchorfree.targets_view import select_images, write_targets

@@ -40,7 +40,7 @@ from anchorfree.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from anchorfree.config import Config, ConfigError, config_from_dict, dump_yaml, flatten, validate, with_absolute_paths
+from anchorfree.config import Config, dump_yaml, flatten, validate, with_absolute_paths
 from anchorfree.data.formats import check_same_classes, read_dataset, read_dataset_yaml
 from anchorfree.data.dataset import DetectionDataset, collate, scale_to_original
 from anchorfree.data.records import DetectionData, InvalidAnnotation

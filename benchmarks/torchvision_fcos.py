@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
