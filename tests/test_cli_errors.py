@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import stat
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,19 +50,26 @@ def assert_one_error_line(code: int, stderr: str, *expected: str) -> str:
     return lines[0]
 
 
-def test_a_read_only_output_folder_is_one_error_line_naming_it(weights: Path, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Issue 11.9; RELIABILITY E2: an OSError (here EACCES) names the path and the system's reason, exit 2."""
-    out = tmp_path / "read_only"
-    out.mkdir()
-    out.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        if os.access(out, os.W_OK):
-            pytest.skip("running as root: chmod does not make the folder read-only")
-        code = main(["predict", str(weights), str(photo), "--out", str(out), "--device", "cpu"])
-        line = assert_one_error_line(code, capsys.readouterr().err, str(out), "Permission denied (errno EACCES)")
-        assert ".tmp" not in line  # the file it meant to write, not the temporary name of the atomic write
-    finally:
-        out.chmod(stat.S_IRWXU)
+@pytest.mark.parametrize(
+    ("make_out", "reason"),
+    [
+        (lambda root: root / "a_file" / "out", "Not a directory (errno ENOTDIR)"),
+        (lambda root: root / ("n" * 300), "File name too long (errno ENAMETOOLONG)"),
+    ],
+    ids=["a-file-in-the-way", "name-too-long"],
+)
+def test_an_output_folder_the_system_refuses_is_one_error_line_naming_it(
+    weights: Path, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], make_out: Callable[[Path], Path], reason: str
+) -> None:
+    """Issue 11.9; RELIABILITY E2: a real OSError from the file system (these two hold for root too, unlike a
+    read-only folder) names the path and the system's reason, exit 2, and the photo is untouched."""
+    (tmp_path / "a_file").write_text("not a folder")
+    before = photo.read_bytes()
+    out = make_out(tmp_path)
+    code = main(["predict", str(weights), str(photo), "--out", str(out), "--device", "cpu"])
+    line = assert_one_error_line(code, capsys.readouterr().err, str(out), reason)
+    assert ".tmp" not in line  # the file it meant to write, not the temporary name of the atomic write
+    assert photo.read_bytes() == before
 
 
 def test_a_missing_weights_file_is_one_error_line(photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
