@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import os
+import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.utils import draw_bounding_boxes
+from torchvision.ops import nms
+from tqdm import tqdm
 
 from anchorfree.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, check_metadata, check_state_dict, checkpoint_config, load_checkpoint
 from anchorfree.config import Config, ConfigError, apply_overrides, get_preset
@@ -29,12 +31,11 @@ from anchorfree.data.dataset import scale_to_original
 from anchorfree.data.images import MIN_IMAGE_SIDE, ImageLoadError, image_to_tensor, load_image
 from anchorfree.data.synth import write_synthetic_dataset
 from anchorfree.data.transforms import eval_transforms, make_sample
-from anchorfree.drawing import class_colour
+from anchorfree.drawing import draw_detections
 from anchorfree.engine import autocast, data_paths, evaluate, read_split, resolve_device
 from anchorfree.engine import train as train_loop
 from anchorfree.evaluation import EvaluationResult
 from anchorfree.models import build_model, with_pretrained_structure
-from anchorfree.models.backbones import PretrainedWeightsUnavailable
 from anchorfree.outputs import data_inputs, refuse_overwriting_inputs, renamed_note, unique_output_names
 from anchorfree.plots import EVALUATION_PLOTS, write_evaluation_plots
 from anchorfree.targets_view import select_images, write_targets
@@ -43,7 +44,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Formats a drawn image is written in when its source has one of them (the suffix is kept); others become JPEG.
 DRAWN_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF")
 SHOWN_UNREADABLE = 3  # unreadable sources named in predict's error when none could be read
-DEMO_PRESETS = {"fcos": "fcos_cpu", "centernet": "centernet_cpu", "cornernet": "cornernet_cpu"}  # the preset each family's demo trains
+DEMO_PRESETS = {"fcos": "fcos_demo", "centernet": "centernet_demo", "cornernet": "cornernet_demo"}  # the preset each family's demo trains
 
 
 def make_config(preset: str = "fcos_cpu", overrides: dict[str, Any] | list[str] | None = None) -> Config:
@@ -80,8 +81,14 @@ class Detector:
         self.transform = eval_transforms(self.config.data.val_size, self.config.data.max_size, resize=self.config.data.resize)
 
     @torch.no_grad()
-    def predict(self, source: str | Path | Image.Image | torch.Tensor, score_threshold: float = 0.3) -> dict[str, Any]:
+    def predict(
+        self, source: str | Path | Image.Image | torch.Tensor, score_threshold: float = 0.3, agnostic_nms: float | None = None
+    ) -> dict[str, Any]:
         """Detect objects in one image (a path, a PIL image or a (3, H, W) uint8 tensor).
+
+        The model's own NMS is per class, so two classes scoring on one object both survive it. `agnostic_nms`
+        (an IoU in (0, 1]) runs one more NMS over all classes together (`torchvision.ops.nms`): of detections
+        overlapping more than that, only the highest-scoring stays, whatever its class.
 
         A PIL image is read as `load_image` reads a file (EXIF orientation applied, 16-bit scaled by 65535, any mode
         to RGB), so a photo gives the same boxes whether it is passed by path or opened first. An image with a side
@@ -90,6 +97,8 @@ class Detector:
         Returns {"boxes": (D, 4) float32 x1, y1, x2, y2 in the original image's pixels, "scores": (D,),
         "labels": (D,) contiguous class indices, "names": list of class names, "category_ids": the dataset's ids}.
         """
+        if agnostic_nms is not None and not 0.0 < agnostic_nms <= 1.0:
+            raise ValueError(f"agnostic_nms is an IoU threshold in (0, 1], got {agnostic_nms}")
         image = _as_uint8_tensor(source)
         height, width = image.shape[-2:]
         sample = self.transform(make_sample(image, torch.zeros((0, 4)), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.bool)))
@@ -100,23 +109,30 @@ class Detector:
         keep = detection["scores"] >= score_threshold
         # input_size: the resized image without the letterbox's padding.
         boxes = scale_to_original(detection["boxes"][keep].float().cpu(), sample["input_size"], (height, width))
+        scores = detection["scores"][keep].float().cpu()
         labels = detection["labels"][keep].cpu()
+        if agnostic_nms is not None:
+            kept = nms(boxes, scores, agnostic_nms)  # indices by decreasing score
+            boxes, scores, labels = boxes[kept], scores[kept], labels[kept]
         return {
             "boxes": boxes,
-            "scores": detection["scores"][keep].float().cpu(),
+            "scores": scores,
             "labels": labels,
             "names": [self.class_names[label] for label in labels.tolist()],
             "category_ids": [self.category_ids[label] for label in labels.tolist()],
         }
 
     def draw(self, image: torch.Tensor, detections: dict[str, Any]) -> torch.Tensor:
-        """(3, H, W) uint8 image with the detections drawn as labelled boxes, each in its class's colour (the
-        colour `data show`, `targets` and the run's plots give the class)."""
+        """(3, H, W) uint8 image with the detections of `predict` drawn as boxes in their class's colour (the
+        colour `data show`, `targets` and the run's plots give the class), each labelled "name 0.87" on a filled
+        background, labels inside the image and never on top of each other (`anchorfree.drawing.draw_detections`);
+        the most confident detection's label gets the best place."""
         if len(detections["boxes"]) == 0:
             return image
-        captions = [f"{name} {score:.2f}" for name, score in zip(detections["names"], detections["scores"].tolist())]
-        colours = [class_colour(label) for label in detections["labels"].tolist()]
-        return draw_bounding_boxes(image, detections["boxes"], labels=captions, colors=colours, width=2)
+        order = detections["scores"].argsort(descending=True).tolist()
+        captions = [f"{detections['names'][index]} {detections['scores'][index].item():.2f}" for index in order]
+        labels = [int(detections["labels"][index]) for index in order]
+        return draw_detections(image, detections["boxes"][order], labels, captions)
 
 
 def load(path: str | Path, device: str = "auto") -> Detector:
@@ -177,10 +193,56 @@ def val(
     return result
 
 
-def predict(weights: str | Path, sources: list[str | Path], out: str | Path = "runs/predict", score_threshold: float = 0.3, device: str = "auto", save_images: bool = True) -> Path:
+@dataclass
+class PredictionSummary:
+    """What `predict` did: how many images, what it found, and where the results are (the CLI prints `text()`)."""
+
+    out: Path  # the output folder
+    predictions_json: Path
+    drawn: list[Path]  # the drawn images, in the output folder (none with save_images=False)
+    images: int  # images predicted
+    skipped: list[str]  # the sources that could not be read, each "path: why"
+    detections_per_class: dict[str, int]  # class name -> detections, for the classes with any, in class order
+    images_without_detections: int
+    seconds: float  # wall clock of the prediction loop (reading, predicting, drawing, writing)
+    score_threshold: float
+    agnostic_nms: float | None
+
+    def text(self) -> str:
+        """The closing summary: images done and skipped, detections per class, where the results are."""
+        rate = self.images / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"predicted {self.images} image(s) in {self.seconds:.1f} s ({rate:.1f} images/s)"]
+        if self.skipped:
+            lines[0] += f"; {len(self.skipped)} skipped (could not be read, named above)"
+        total = sum(self.detections_per_class.values())
+        nms_note = f", class-agnostic NMS at IoU {self.agnostic_nms:g}" if self.agnostic_nms is not None else ""
+        lines.append(
+            f"{total} detection(s) with score >= {self.score_threshold:g}{nms_note}; "
+            f"{self.images_without_detections} image(s) with none"
+        )
+        name_width = max((len(name) for name in self.detections_per_class), default=0)
+        lines += [f"  {name:<{name_width}}  {count}" for name, count in self.detections_per_class.items()]
+        lines.append(f"predictions: {self.predictions_json}")
+        if self.drawn:
+            lines.append(f"drawn images: {self.out}{os.sep} ({len(self.drawn)} file(s))")
+        return "\n".join(lines)
+
+
+def predict(
+    weights: str | Path,
+    sources: list[str | Path],
+    out: str | Path = "runs/predict",
+    score_threshold: float = 0.3,
+    device: str = "auto",
+    save_images: bool = True,
+    agnostic_nms: float | None = None,
+    progress: bool = True,
+) -> PredictionSummary:
     """Detect objects in images and folders of images; write `predictions.json` (COCO results; each record's
-    `file_name` is its source's path) and, with `save_images`, each image with its detections drawn. Returns the
-    output folder.
+    `file_name` is its source's path) and, with `save_images`, each image with its detections drawn
+    (`Detector.draw`). `agnostic_nms` (an IoU) keeps one detection per object whatever its class (see
+    `Detector.predict`). A progress bar with images/s runs on a terminal (not with `progress=False`). Returns a
+    `PredictionSummary` (its `out` is the output folder).
 
     A drawn image keeps its source's name and suffix, in that format (x.png -> x.png; a format Pillow cannot
     write becomes JPEG with ".jpg" appended); sources with the same name from different folders get a counter
@@ -193,17 +255,27 @@ def predict(weights: str | Path, sources: list[str | Path], out: str | Path = "r
     out = Path(out)
     drawn_paths, renamed = unique_output_names(paths, out, _drawn_suffix, reserved=["predictions.json"]) if save_images else ([], [])
     refuse_overwriting_inputs([out / "predictions.json", *drawn_paths], itertools.chain(_checkpoint_files(weights), paths), "predict --out")
+    if agnostic_nms is not None and not 0.0 < agnostic_nms <= 1.0:
+        raise ValueError(f"agnostic_nms is an IoU threshold in (0, 1], got {agnostic_nms}")
     detector = load(weights, device)
     results = []
     unreadable: list[str] = []
-    for image_id, path in enumerate(paths, start=1):
+    counts = [0] * len(detector.class_names)  # detections per class index
+    written: list[Path] = []
+    images_without_detections = 0
+    start = time.perf_counter()
+    # disable=None: tqdm shows the bar on a terminal only (not in logs or pipes).
+    for image_id, path in enumerate(tqdm(paths, desc="predict", unit="img", disable=None if progress else True, dynamic_ncols=True), start=1):
         try:
             image = load_image(path)
         except ImageLoadError as error:
             warnings.warn(f"skipped {error}", stacklevel=2)  # the message starts with the path
             unreadable.append(str(error))
             continue
-        detections = detector.predict(image, score_threshold)
+        detections = detector.predict(image, score_threshold, agnostic_nms)
+        for label in detections["labels"].tolist():
+            counts[label] += 1
+        images_without_detections += len(detections["labels"]) == 0
         for box, score, category_id in zip(detections["boxes"].tolist(), detections["scores"].tolist(), detections["category_ids"]):
             results.append(
                 {
@@ -217,6 +289,7 @@ def predict(weights: str | Path, sources: list[str | Path], out: str | Path = "r
         if save_images:
             drawn_path = drawn_paths[image_id - 1]
             atomic_write_bytes(drawn_path, _encode_image(detector.draw(image, detections), _drawn_format(drawn_path)))
+            written.append(drawn_path)
     if len(unreadable) == len(paths):
         more = len(unreadable) - SHOWN_UNREADABLE
         shown = "; ".join(unreadable[:SHOWN_UNREADABLE]) + (f"; and {more} more" if more > 0 else "")
@@ -226,7 +299,18 @@ def predict(weights: str | Path, sources: list[str | Path], out: str | Path = "r
         warnings.warn(f"{len(unreadable)} of {len(paths)} image(s) could not be read and were skipped (named above)", stacklevel=2)
     if renamed:
         warnings.warn(renamed_note(renamed, "drawn image(s)"), stacklevel=2)
-    return out
+    return PredictionSummary(
+        out=out,
+        predictions_json=out / "predictions.json",
+        drawn=written,
+        images=len(paths) - len(unreadable),
+        skipped=unreadable,
+        detections_per_class={name: count for name, count in zip(detector.class_names, counts) if count},
+        images_without_detections=images_without_detections,
+        seconds=time.perf_counter() - start,
+        score_threshold=score_threshold,
+        agnostic_nms=agnostic_nms,
+    )
 
 
 def targets(
@@ -257,8 +341,9 @@ def targets(
         model, class_names = detector.model, detector.class_names
         if config.model != detector.config.model:
             # Settings such as model.centernet.score_threshold: the same weights in a model built with them.
+            # Built without fetching ImageNet weights, in the structure the checkpoint was trained in (its keys).
             config = apply_overrides(config, {"model.pretrained_backbone": False})
-            model = build_model(config.model, len(class_names)).to(detector.device)
+            model = with_pretrained_structure(build_model(config.model, len(class_names)), detector.config.model).to(detector.device)
             model.load_state_dict(detector.model.state_dict())
     elif weights.suffix == ".safetensors" or len(weights.parts) > 1:
         raise FileNotFoundError(f"{weights}: no such checkpoint or run folder")
@@ -288,16 +373,12 @@ def demo(model: str = "fcos", overrides: dict[str, Any] | list[str] | None = Non
             "data.train": str(dataset / "instances_train.json"),
             "data.val": str(dataset / "instances_val.json"),
             "train.name": f"demo_{model}",
-            "train.time_limit": 4.0,  # the demo's promise: about five minutes on 2 CPU cores, evaluation included
+            "train.time_limit": 4.0,  # training minutes: with the dataset, evaluations and drawing, under five minutes on 2 CPU cores
         },
     )
     config = apply_overrides(config, overrides or {})
-    try:
-        run_folder = train_loop(config, progress=progress)
-    except PretrainedWeightsUnavailable as error:
-        # Offline with an empty torchvision cache: still run, from scratch, and say what that costs.
-        warnings.warn(f"{error}\nThe demo continues from scratch (model.pretrained_backbone=false): expect a much lower mAP.", stacklevel=2)
-        run_folder = train_loop(apply_overrides(config, {"model.pretrained_backbone": False}), progress=progress)
+    # Offline with an empty torchvision cache, training warns once and goes on from scratch (engine.train).
+    run_folder = train_loop(config, progress=progress)
     result = val(run_folder / "weights" / "best.safetensors", progress=progress)
     val_images = sorted((dataset / "images" / "val").glob("*.jpg"))[:8]
     predict(run_folder / "weights" / "best.safetensors", val_images, run_folder / "predictions", score_threshold=0.3)
@@ -307,7 +388,7 @@ def demo(model: str = "fcos", overrides: dict[str, Any] | list[str] | None = Non
 def synthetic_dataset_path(num_train: int = 800, num_val: int = 200, seed: int = 0) -> Path:
     """The built-in dataset in the cache folder ($ANCHORFREE_CACHE or ~/.cache/anchorfree), made on first use."""
     cache = cache_dir()
-    folder = cache / f"synthetic-shapes-v1-{num_train}-{num_val}-seed{seed}"
+    folder = cache / f"synthetic-shapes-v2-{num_train}-{num_val}-seed{seed}"
     if not (folder / "instances_val.json").is_file():
         write_synthetic_dataset(folder, num_train, num_val, seed)
     return folder

@@ -110,13 +110,19 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, metadata: dict[str, Any], optimizer: torch.optim.Optimizer | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, metadata: dict[str, Any], optimizer: torch.optim.Optimizer | None = None, average: torch.nn.Module | None = None
+) -> Path:
     """Atomically write a checkpoint (and its `.json` metadata mirror). Returns the path.
 
     With `optimizer`, its state is stored too and the file can resume training; without, it is weights only.
+    With `average` (the weights' moving average, a `torch.optim.swa_utils.AveragedModel`), its state is stored
+    as "ema." tensors, returned by `load_checkpoint` in `extra["ema_state"]`.
     """
     path = Path(path)
     tensors = {f"model.{name}": tensor.detach().contiguous().cpu() for name, tensor in _unwrap(model).state_dict().items()}
+    if average is not None:
+        tensors.update({f"ema.{name}": tensor.detach().contiguous().cpu() for name, tensor in average.state_dict().items()})
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "metadata": json.dumps(metadata)}
     if optimizer is not None:
         state = optimizer.state_dict()
@@ -167,7 +173,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if "optimizer" in header:
         optimizer_state = _optimizer_state(_header_json(header, "optimizer", path, required=True), tensors, path)
     _refresh_mirror(path, metadata)
-    return Checkpoint(model_state, metadata, optimizer_state, path)
+    ema_state = {name[len("ema."):]: tensor for name, tensor in tensors.items() if name.startswith("ema.")}
+    return Checkpoint(model_state, metadata, optimizer_state, path, extra={"ema_state": ema_state} if ema_state else {})
 
 
 def _header_json(header: dict[str, Any], key: str, path: Path, required: bool) -> Any:

@@ -4,7 +4,7 @@
     anchorfree train --preset fcos_cpu data.train=train.json data.val=val.json train.epochs=20
     anchorfree train --resume runs/fcos_cpu
     anchorfree val runs/fcos_cpu/weights/best.safetensors [--data val.json] [--plots runs/val_plots]
-    anchorfree predict runs/fcos_cpu/weights/best.safetensors images/ --out runs/predict
+    anchorfree predict runs/fcos_cpu/weights/best.safetensors images/ --out runs/predict [--conf 0.3] [--agnostic-nms]
     anchorfree data synth --out shapes --train 800 --val 200 --seed 0
     anchorfree data check coco/ [--strict] [--decode] [--json runs/data_check/dataset_report.json]
     anchorfree data convert coco/ --to yolo --out shapes_yolo [--images copy|symlink|none]
@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--conf", type=float, default=0.3, help="score threshold (default: 0.3)")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--no-images", action="store_true", help="write predictions.json only")
+    predict.add_argument(
+        "--agnostic-nms", action="store_true", help="keep one detection per object whatever its class (class-agnostic NMS after the model's own)"
+    )
+    predict.add_argument("--agnostic-iou", type=float, default=0.7, metavar="IOU", help="IoU above which --agnostic-nms keeps only the best detection (default: 0.7)")
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
@@ -201,8 +205,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"plots: {args.plots}")
         return 0
     if args.command == "predict":
-        out = api.predict(args.weights, args.sources, args.out, args.conf, args.device, save_images=not args.no_images)
-        print(f"predictions: {out / 'predictions.json'}")
+        summary = api.predict(
+            args.weights, args.sources, args.out, args.conf, args.device, save_images=not args.no_images,
+            agnostic_nms=args.agnostic_iou if args.agnostic_nms else None,
+        )
+        print(summary.text())
         return 0
     if args.command == "data" and args.data_command == "synth":
         folder = write_synthetic_dataset(args.out, args.train, args.val, args.seed)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
@@ -47,6 +48,7 @@ from anchorfree.data.records import DetectionData, InvalidAnnotation
 from anchorfree.data.transforms import eval_transforms, largest_input, train_transforms
 from anchorfree.evaluation import EvaluationResult, detections_to_coco_results, evaluate_coco
 from anchorfree.models import build_model, with_pretrained_structure
+from anchorfree.models.backbones import PretrainedWeightsUnavailable, warn_unavailable_once
 from anchorfree.plots import TensorBoardLogger, plot_results, write_evaluation_plots
 
 
@@ -117,6 +119,22 @@ def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     if train.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=train.lr)
     raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', got {train.optimizer!r}")
+
+
+def weights_average(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of `model`'s weights and batch-norm statistics (`torch.optim.swa_utils`).
+
+    From random weights, the last steps of a short run still jump around; their average is a better detector
+    (docs/benchmarks.md, "The demo"). The decay ramps up as min(decay, (1 + n) / (10 + n)) after n updates (the
+    ramp of TensorFlow's ExponentialMovingAverage), so that the average forgets the random start within tens
+    of steps instead of 1 / (1 - decay).
+    """
+
+    def ramped_update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor | int) -> None:
+        count = int(updates)
+        get_ema_multi_avg_fn(min(decay, (1 + count) / (10 + count)))(averaged, current, updates)
+
+    return AveragedModel(model, multi_avg_fn=ramped_update, use_buffers=True)
 
 
 class EpochSampler(Sampler[int]):
@@ -327,23 +345,39 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         # without fetching ImageNet weights, so an offline machine can resume.
         model = with_pretrained_structure(build_model(replace(config.model, pretrained_backbone=False), num_classes), config.model)
     else:
-        model = build_model(config.model, num_classes)
+        try:
+            model = build_model(config.model, num_classes)
+        except PretrainedWeightsUnavailable as error:
+            # Offline with an empty torchvision cache: warn once, then train from scratch, and record it in the
+            # config (config.yaml and every checkpoint) so that the run says what was trained.
+            warn_unavailable_once(error, "Training continues from scratch (model.pretrained_backbone=false).")
+            config = replace(config, model=replace(config.model, pretrained_backbone=False))
+            torch.manual_seed(config.train.seed)
+            model = build_model(config.model, num_classes)
     model = model.to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
+    average: AveragedModel | None = None
     state = LoopState()
     history: list[dict[str, Any]] = []
     if checkpoint is not None:
         check_state_dict(model, checkpoint.model_state, checkpoint.path, f"{config.model.name} on {config.model.backbone}")
         check_optimizer_state(optimizer, checkpoint.optimizer_state, checkpoint.path)
         model.load_state_dict(checkpoint.model_state)
+        if config.train.ema_decay > 0 and "ema_state" in checkpoint.extra:
+            average = weights_average(model, config.train.ema_decay)
+            average.load_state_dict(checkpoint.extra["ema_state"])
         optimizer.load_state_dict(checkpoint.optimizer_state)
         state = _loop_state(checkpoint)
         run_folder = checkpoint.path.parent.parent
         history = _resumed_history(checkpoint, run_folder / "metrics.csv", state.epoch)
     else:
         run_folder = new_run_folder(config.train.project, config.train.name or config.preset or config.model.name)
+    if config.train.ema_decay > 0 and average is None:
+        average = weights_average(model, config.train.ema_decay)
+    # What evaluation scores and `best` holds: the weights' average when there is one, else the weights.
+    evaluated = average.module if average is not None else model
     weights_folder = run_folder / "weights"
     weights_folder.mkdir(exist_ok=True)
     remove_stale_temporaries(weights_folder)
@@ -372,7 +406,11 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         if with_optimizer:
             # The metrics rows of every finished epoch travel with `last`, so metrics.csv can be rebuilt from it.
             metadata["history"] = metrics_rows
-        save_checkpoint(weights_folder / f"{name}.safetensors", model, metadata, optimizer if with_optimizer else None)
+        if with_optimizer:
+            # `last` resumes training: the trained weights, the optimizer and the average (in its own tensors).
+            save_checkpoint(weights_folder / f"{name}.safetensors", model, metadata, optimizer, average)
+        else:
+            save_checkpoint(weights_folder / f"{name}.safetensors", evaluated, metadata)
 
     def out_of_time() -> bool:
         return time_limit > 0 and state.elapsed >= time_limit
@@ -435,6 +473,8 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                 if config.train.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
                 optimizer.step()
+                if average is not None:
+                    average.update_parameters(model)
 
                 now = time.perf_counter()
                 state.elapsed += now - step_start
@@ -468,7 +508,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             last_epoch = state.epoch >= config.train.epochs or out_of_time() or stop.requested
             new_plots = False
             if val_data is not None and (state.epoch % config.train.eval_every == 0 or last_epoch):
-                result, detections = evaluate(model, val_data, config, device, progress)
+                result, detections = evaluate(evaluated, val_data, config, device, progress)
                 row.update({f"val/{name}": value for name, value in result.stats.items()})
                 improved = result.stats["mAP"] > state.best_map
                 if improved:
@@ -570,7 +610,8 @@ def _checkpoint_sizes(model: nn.Module, config: Config) -> dict[str, int]:
     weights = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
     trainable = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters() if parameter.requires_grad)
     buffers = 2 if config.train.optimizer == "adamw" else (1 if config.train.momentum > 0 else 0)
-    return {"last": weights + buffers * trainable, "best": weights}
+    average = weights if config.train.ema_decay > 0 else 0  # `last` also holds the weights' average
+    return {"last": weights + buffers * trainable + average, "best": weights}
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from anchorfree.data.synth import write_synthetic_dataset
+from anchorfree.models.backbones import forget_unavailable_weights
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -22,6 +23,12 @@ def single_thread() -> None:
 def private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never read or write the user's cache folder (image checks, synthetic data)."""
     os.environ["ANCHORFREE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_weights_memo() -> None:
+    """Each test starts as a new process would: no remembered ImageNet-weights failure, no warning given yet."""
+    forget_unavailable_weights()
 
 
 @pytest.fixture(scope="session")

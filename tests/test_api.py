@@ -83,7 +83,7 @@ def test_a_checkpoint_of_a_pretrained_backbone_loads_without_the_imagenet_file(t
     from anchorfree.config import get_preset
     from anchorfree.models import build_model
 
-    config = get_preset("fcos_cpu")
+    config = get_preset("fcos_mobilenet_v2_cpu")  # a pretrained preset (the demo presets train from scratch)
     assert config.model.pretrained_backbone
     model = build_model(replace(config.model, pretrained_backbone=False), 2)
     model.backbone = backbones.FrozenNorm(model.backbone)

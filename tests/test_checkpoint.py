@@ -206,7 +206,7 @@ def tiny_detector_checkpoint(folder: Path, **metadata_changes: Any) -> tuple[Pat
 
     config = apply_overrides(
         get_preset("fcos_cpu"),
-        {"model.pretrained_backbone": False, "model.backbone_width": 0.25, "model.fcos.fpn_channels": 16, "model.fcos.head_convs": 1, "model.fcos.norm_groups": 8},
+        {"model.backbone": "mobilenet_v2", "model.pretrained_backbone": False, "model.backbone_width": 0.25, "model.fcos.fpn_channels": 16, "model.fcos.head_convs": 1, "model.fcos.norm_groups": 8},
     )
     torch.manual_seed(0)
     model = build_model(config.model, 2)

@@ -57,8 +57,16 @@ def test_predict_writes_predictions_json_and_drawn_images(cli_run, tiny_dataset:
     out = tmp_path / "predictions"
     images = tiny_dataset / "images" / "val"
     assert main(["predict", str(run / "weights" / "best.safetensors"), str(images), "--out", str(out), "--conf", "0"]) == 0
-    assert capsys.readouterr().out.strip() == f"predictions: {out / 'predictions.json'}"
+    assert_predict_summary(capsys.readouterr().out, out)
     assert_predictions_written(out, images)
+
+
+def assert_predict_summary(stdout: str, out: Path) -> None:
+    """The closing summary of `predict` on the 8 tiny val images names the count and where the results are."""
+    lines = stdout.strip().splitlines()
+    assert lines[0].startswith("predicted 8 image(s) in ")
+    assert f"predictions: {out / 'predictions.json'}" in lines
+    assert lines[-1].startswith(f"drawn images: {out}")
 
 
 def assert_predictions_written(out: Path, images: Path) -> None:
@@ -143,11 +151,11 @@ def test_missing_subcommand_is_a_usage_error(capsys) -> None:
 
 # Tiny family settings. CornerNet: after 4 warm-up steps the corner heatmaps are still flat (p ~ 0.1), so the 100
 # best top-left and bottom-right corners (the default K) happen to share no class with a bottom-right below-right
-# of its top-left: every pair is invalid and predict would write []. K = 200 (40 000 pairs) gives valid pairs, so
+# of its top-left: every pair is invalid and predict would write []. K = 400 (160 000 pairs) gives valid pairs, so
 # the written predictions themselves are checked; a zero score threshold keeps them all.
 KEYPOINT_FAMILIES = {
     "centernet": {"neck": "fpn", "fpn_channels": 16, "head_channels": 16, "score_threshold": 0.0},
-    "cornernet": {"neck": "fpn", "fpn_channels": 16, "pool_channels": 16, "head_channels": 16, "score_threshold": 0.0, "corners_top_k": 200},
+    "cornernet": {"neck": "fpn", "fpn_channels": 16, "pool_channels": 16, "head_channels": 16, "score_threshold": 0.0, "corners_top_k": 400},
 }
 
 
@@ -185,7 +193,7 @@ def test_keypoint_family_train_val_predict_through_the_cli(
     out = tmp_path_factory.mktemp(f"cli_{family}_predict")
     images = tiny_dataset / "images" / "val"
     assert main(["predict", str(weights), str(images), "--out", str(out), "--conf", "0"]) == 0
-    assert capsys.readouterr().out.strip() == f"predictions: {out / 'predictions.json'}"
+    assert_predict_summary(capsys.readouterr().out, out)
     assert_predictions_written(out, images)
 
 

@@ -8,8 +8,11 @@ from its cache exactly as torchvision loads them.
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections import OrderedDict
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -17,11 +20,57 @@ from torchvision import models as tv_models
 from torchvision.ops import DeformConv2d, FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
+BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "csp_small")
+SCRATCH_BACKBONES = ("csp_small",)  # no ImageNet weights: built to train from scratch
 
 
 class PretrainedWeightsUnavailable(OSError):
-    """ImageNet weights were asked for but could not be downloaded or found in torchvision's cache."""
+    """ImageNet weights were asked for but could not be downloaded or found in torchvision's cache.
+
+    `weights_file` is the file torchvision looks for (e.g. mobilenet_v2-b0353104.pth) and `folder` the cache
+    folder to put it in (torch.hub.get_dir()/checkpoints).
+    """
+
+    def __init__(self, message: str, weights_file: str, folder: Path) -> None:
+        super().__init__(message)
+        self.weights_file = weights_file
+        self.folder = folder
+
+
+# The first failure to fetch each weights file in this process (file name -> error). Offline, every attempt costs
+# a DNS timeout and says nothing new: later requests for the same file fail at once, without calling torchvision.
+_UNAVAILABLE_WEIGHTS: dict[str, PretrainedWeightsUnavailable] = {}
+# Weights files whose unavailability has been warned about in this process: one warning, however many builds.
+_WARNED_WEIGHTS: set[str] = set()
+
+
+def forget_unavailable_weights() -> None:
+    """Forget this process's failed weight fetches and warnings (tests; or after the network comes back)."""
+    _UNAVAILABLE_WEIGHTS.clear()
+    _WARNED_WEIGHTS.clear()
+
+
+def warn_unavailable_once(error: PretrainedWeightsUnavailable, consequence: str) -> None:
+    """Warn about missing ImageNet weights, and what the run does instead, once per weights file and process."""
+    if error.weights_file in _WARNED_WEIGHTS:
+        return
+    _WARNED_WEIGHTS.add(error.weights_file)
+    warnings.warn(f"{error}\n{consequence}", stacklevel=3)
+
+
+def imagenet_weights_file(name: str) -> str:
+    """The file name torchvision's weights API caches a backbone's ImageNet weights under (no network access).
+
+    E.g. "mobilenet_v2-b0353104.pth": the last part of the weights URL, as torch.hub names the cached file.
+    A backbone without torchvision weights gets its own name.
+    """
+    weights = {
+        "resnet18": tv_models.ResNet18_Weights.IMAGENET1K_V1,
+        "resnet34": tv_models.ResNet34_Weights.IMAGENET1K_V1,
+        "resnet50": tv_models.ResNet50_Weights.IMAGENET1K_V1,
+        "mobilenet_v2": tv_models.MobileNet_V2_Weights.IMAGENET1K_V1,
+    }.get(name)
+    return os.path.basename(urlparse(weights.url).path) if weights is not None else name
 
 
 class ResNetBackbone(nn.Module):
@@ -80,6 +129,77 @@ class MobileNetV2Backbone(nn.Module):
         return [c2, c3, c4, c5]
 
 
+def _conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
+    """kernel_size x kernel_size conv (same padding, no bias) + BN + ReLU: the unit of `CSPSmallBackbone`."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class CSPBlock(nn.Module):
+    """A cross-stage-partial block (Wang et al., CSPNet, 2019; YOLOv5's C3): half the width goes through
+    `num_bottlenecks` residual 3x3 pairs, the other half skips them, and a 1x1 conv merges the two.
+
+    Only half the channels pay for the 3x3 convs, and the skip half keeps a short gradient path: cheap and easy
+    to train from random weights. (N, channels, H, W) -> (N, channels, H, W).
+    """
+
+    def __init__(self, channels: int, num_bottlenecks: int) -> None:
+        super().__init__()
+        hidden = channels // 2
+        self.main = _conv_bn_act(channels, hidden, 1)
+        self.skip = _conv_bn_act(channels, hidden, 1)
+        self.bottlenecks = nn.ModuleList(
+            nn.Sequential(_conv_bn_act(hidden, hidden, 3), _conv_bn_act(hidden, hidden, 3)) for _ in range(num_bottlenecks)
+        )
+        self.merge = _conv_bn_act(2 * hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        main = self.main(x)
+        for bottleneck in self.bottlenecks:
+            main = main + bottleneck(main)
+        return self.merge(torch.cat([main, self.skip(x)], dim=1))  # (N, 2 * hidden, H, W) -> (N, channels, H, W)
+
+
+class CSPSmallBackbone(nn.Module):
+    """A compact CSP network made to train from scratch on a CPU in minutes ("csp_small", no ImageNet weights).
+
+    Stem: two stride-2 3x3 convs (stride 4). Then four stages, each a stride-2 3x3 conv (except the first) and a
+    `CSPBlock`; their outputs are C2, C3, C4, C5 at strides 4, 8, 16, 32. Batch norm everywhere and trained
+    (never frozen): from random weights it is what keeps the activations in range at a high learning rate.
+    Widths (32, 64, 128, 256) x `width_multiplier` (rounded to multiples of 8); ~1.3 M parameters at 1.0.
+    """
+
+    def __init__(self, width_multiplier: float = 1.0, depths: tuple[int, int, int, int] = (1, 1, 2, 1)) -> None:
+        super().__init__()
+        widths = [_scaled_width(width, width_multiplier) for width in (32, 64, 128, 256)]
+        stem_width = _scaled_width(16, width_multiplier)
+        self.stem = nn.Sequential(_conv_bn_act(3, stem_width, 3, stride=2), _conv_bn_act(stem_width, widths[0], 3, stride=2))
+        stages: list[nn.Module] = []
+        in_channels = widths[0]
+        for index, (width, depth) in enumerate(zip(widths, depths)):
+            down: nn.Module = nn.Identity() if index == 0 else _conv_bn_act(in_channels, width, 3, stride=2)
+            stages.append(nn.Sequential(down, CSPBlock(width, depth)))
+            in_channels = width
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = widths
+        self.strides = [4, 8, 16, 32]
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images (N, 3, H, W) -> [C2 (N, w0, H/4, W/4), C3 (H/8), C4 (H/16), C5 (N, w3, H/32, W/32)]."""
+        x = self.stem(images)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
 class FrozenNorm(nn.Module):
     """Wraps a backbone whose batch norm layers stay frozen: ImageNet statistics and affine parameters, no grads.
 
@@ -116,16 +236,28 @@ def build_backbone(name: str, pretrained: bool = False, width_multiplier: float 
         pretrained: load torchvision's ImageNet weights (IMAGENET1K_V1) through its weights API. Pretrained
             backbones keep batch norm frozen (see `FrozenNorm`), as torchvision's detectors do: detection
             batches are too small to re-estimate ImageNet statistics. From scratch, batch norm trains.
+            When the weights cannot be fetched, PretrainedWeightsUnavailable names the file and the cache folder;
+            the failure is remembered, and later requests for that file in the process raise it again at once,
+            without a new download attempt (`forget_unavailable_weights` clears the memo).
         width_multiplier: channel multiplier for mobilenet_v2 (1.0 only when pretrained).
     """
+    weights_file = imagenet_weights_file(name)
+    if pretrained and weights_file in _UNAVAILABLE_WEIGHTS:
+        # Failed before in this process: fail fast, with the first failure's message, and no new download attempt.
+        first = _UNAVAILABLE_WEIGHTS[weights_file]
+        raise PretrainedWeightsUnavailable(str(first), first.weights_file, first.folder)
     try:
         backbone = _build_classifier_backbone(name, pretrained, width_multiplier)
     except OSError as error:  # torch.hub's download failed (no network, proxy, disk)
         cache = Path(torch.hub.get_dir()) / "checkpoints"
-        raise PretrainedWeightsUnavailable(
-            f"cannot load ImageNet weights for {name}: {error}. Without network access, put torchvision's weights "
-            f"file (e.g. mobilenet_v2-b0353104.pth) in {cache}, or train from scratch with model.pretrained_backbone=false"
-        ) from error
+        unavailable = PretrainedWeightsUnavailable(
+            f"cannot load ImageNet weights for {name} ({error}). Without network access, put torchvision's weights "
+            f"file {weights_file} in {cache}, or train from scratch with model.pretrained_backbone=false",
+            weights_file,
+            cache,
+        )
+        _UNAVAILABLE_WEIGHTS[weights_file] = unavailable
+        raise unavailable from error
     return FrozenNorm(backbone) if pretrained else backbone
 
 
@@ -138,6 +270,10 @@ def _build_classifier_backbone(name: str, pretrained: bool, width_multiplier: fl
             raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
         weights = "IMAGENET1K_V1" if pretrained else None
         return ResNetBackbone(builder[name](weights=weights))
+    if name == "csp_small":
+        if pretrained:
+            raise ValueError("csp_small has no ImageNet weights (it is made to train from scratch): set model.pretrained_backbone=false")
+        return CSPSmallBackbone(width_multiplier)
     if name == "mobilenet_v2":
         if pretrained and width_multiplier != 1.0:
             raise ValueError(f"ImageNet weights exist for width 1.0 only (got width_multiplier={width_multiplier})")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anchorfree.data.synth import CLASS_NAMES, render_image, write_synthetic_dataset
+from anchorfree.data.synth import CLASS_NAMES, MAX_SIDE, MIN_SIDE, render_image, write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_json_is_valid_coco(dataset: Path, split: str) -> None:
         with Image.open(dataset / "images" / image["file_name"]) as opened:
             assert opened.size == (image["width"], image["height"])
             assert opened.mode == "RGB"
-        assert 192 <= image["width"] <= 416 and 192 <= image["height"] <= 416
+        assert MIN_SIDE <= image["width"] <= MAX_SIDE and MIN_SIDE <= image["height"] <= MAX_SIDE
         assert 0.6 <= image["width"] / image["height"] <= 1.7
     for annotation in coco["annotations"]:
         image = images[annotation["image_id"]]
