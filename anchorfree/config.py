@@ -160,24 +160,6 @@ def fcos_cpu() -> Config:
     )
 
 
-def fcos_demo() -> Config:
-    """The demo preset: FCOS on the compact csp_small backbone from scratch, 192 px; minutes on 2 CPU cores.
-
-    From scratch on purpose: the demo needs no download, and csp_small trains ~7x faster per image than
-    MobileNetV2 on a CPU (docs/benchmarks.md, "The demo").
-    """
-    return Config(
-        preset="fcos_demo",
-        model=ModelConfig(
-            name="fcos",
-            backbone="csp_small",
-            pretrained_backbone=False,
-            fcos=FCOSConfig(fpn_channels=64, head_convs=2, norm_groups=16, size_boundaries=[32.0, 64.0, 128.0, 256.0]),
-        ),
-        data=_demo_data(),
-        train=_demo_train(),
-    )
-
 
 def fcos_mobilenet_v2_cpu() -> Config:
     """FCOS on ImageNet MobileNetV2 for real photos on a CPU (384 px, FPN 128 channels)."""
@@ -223,21 +205,6 @@ def centernet_cpu() -> Config:
     )
 
 
-def centernet_demo() -> Config:
-    """The CenterNet demo preset: csp_small from scratch, FPN-P2 neck (stride 4), 192 px; 2 CPU cores."""
-    return Config(
-        preset="centernet_demo",
-        model=ModelConfig(
-            name="centernet",
-            backbone="csp_small",
-            pretrained_backbone=False,
-            # NMS at 0.6: after minutes of training, large objects still have duplicate peaks (docs/benchmarks.md).
-            centernet=CenterNetConfig(neck="fpn", fpn_channels=64, head_channels=64, nms_threshold=0.6),
-        ),
-        data=_demo_data(),
-        train=_demo_train(),
-    )
-
 
 def centernet_r18() -> Config:
     """The paper's ResNet-18 CenterNet (ResNet-DCN-18): 512 x 512, Adam 1.25e-4 per 32 images, 140 epochs, lr x0.1 at 90 and 120.
@@ -282,22 +249,6 @@ def cornernet_cpu() -> Config:
     )
 
 
-def cornernet_demo() -> Config:
-    """The CornerNet demo preset: csp_small from scratch, FPN-P2 neck (stride 4), narrow corner modules, 192 px; 2 CPU cores."""
-    return Config(
-        preset="cornernet_demo",
-        model=ModelConfig(
-            name="cornernet",
-            backbone="csp_small",
-            pretrained_backbone=False,
-            # Soft-NMS as the paper does: +0.04-0.08 mAP over the plain pair decode after minutes of training
-            # (docs/benchmarks.md).
-            cornernet=CornerNetConfig(neck="fpn", fpn_channels=64, pool_channels=64, head_channels=64, soft_nms_sigma=0.5),
-        ),
-        data=_demo_data(),
-        train=_demo_train(),
-    )
-
 
 def cornernet_hg104() -> Config:
     """The paper's CornerNet: Hourglass-104 from scratch, 511 x 511 input (128 x 128 output), Adam 2.5e-4 at batch
@@ -321,6 +272,31 @@ def cornernet_hg104() -> Config:
             lr_steps=[104], grad_clip=0.0, eval_every=5,
         ),
     )
+
+
+def _demo_of(base: Config, preset: str) -> Config:
+    """`base`'s head on the compact csp_small backbone from scratch, with the demo's input and schedule.
+
+    From scratch on purpose: the demo needs no download, and csp_small trains ~7x faster per image than
+    MobileNetV2 on a CPU (docs/benchmarks.md, "The demo").
+    """
+    model = dataclasses.replace(base.model, backbone="csp_small", pretrained_backbone=False)
+    return dataclasses.replace(base, preset=preset, model=model, data=_demo_data(), train=_demo_train())
+
+
+def fcos_demo() -> Config:
+    """The FCOS demo preset: fcos_cpu's head on csp_small from scratch, 192 px; minutes on 2 CPU cores."""
+    return _demo_of(fcos_cpu(), "fcos_demo")
+
+
+def centernet_demo() -> Config:
+    """The CenterNet demo preset: centernet_cpu's neck and heads on csp_small from scratch, 192 px; 2 CPU cores."""
+    return _demo_of(centernet_cpu(), "centernet_demo")
+
+
+def cornernet_demo() -> Config:
+    """The CornerNet demo preset: cornernet_cpu's corner modules on csp_small from scratch, 192 px; 2 CPU cores."""
+    return _demo_of(cornernet_cpu(), "cornernet_demo")
 
 
 PRESETS: dict[str, Callable[[], Config]] = {
