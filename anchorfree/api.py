@@ -385,10 +385,10 @@ def demo(model: str = "fcos", overrides: dict[str, Any] | list[str] | None = Non
     return run_folder, result
 
 
-def synthetic_dataset_path(num_train: int = 800, num_val: int = 200, seed: int = 0) -> Path:
+def synthetic_dataset_path(num_train: int = 3000, num_val: int = 200, seed: int = 0) -> Path:
     """The built-in dataset in the cache folder ($ANCHORFREE_CACHE or ~/.cache/anchorfree), made on first use."""
     cache = cache_dir()
-    folder = cache / f"synthetic-shapes-v2-{num_train}-{num_val}-seed{seed}"
+    folder = cache / f"synthetic-shapes-v5-{num_train}-{num_val}-seed{seed}"
     if not (folder / "instances_val.json").is_file():
         write_synthetic_dataset(folder, num_train, num_val, seed)
     return folder

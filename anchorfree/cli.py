@@ -5,7 +5,7 @@
     anchorfree train --resume runs/fcos_cpu
     anchorfree val runs/fcos_cpu/weights/best.safetensors [--data val.json] [--plots runs/val_plots]
     anchorfree predict runs/fcos_cpu/weights/best.safetensors images/ --out runs/predict [--conf 0.3] [--agnostic-nms]
-    anchorfree data synth --out shapes --train 800 --val 200 --seed 0
+    anchorfree data synth --out shapes --train 3000 --val 200 --seed 0
     anchorfree data check coco/ [--strict] [--decode] [--json runs/data_check/dataset_report.json]
     anchorfree data convert coco/ --to yolo --out shapes_yolo [--images copy|symlink|none]
     anchorfree data show coco/ [--split val] [--out runs/data_show/val.png] [--count 16] [--seed 0]
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     synth = data_commands.add_parser("synth", help="write the synthetic shapes dataset (images + COCO JSON)")
     synth.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    synth.add_argument("--train", type=int, default=800, help="training images (default: 800)")
+    synth.add_argument("--train", type=int, default=3000, help="training images (default: 3000, as the demo)")
     synth.add_argument("--val", type=int, default=200, help="validation images (default: 200)")
     synth.add_argument("--seed", type=int, default=0)
     check = data_commands.add_parser(

@@ -269,6 +269,7 @@ def training_dataset(config: Config, data: DetectionData) -> DetectionDataset:
         mosaic_probability=data_config.mosaic,
         mosaic_size=size,
         min_box_size=data_config.min_box_size,
+        cache_images=data_config.cache_images,
     )
 
 

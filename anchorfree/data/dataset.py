@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
@@ -12,6 +15,9 @@ from torchvision.ops import clip_boxes_to_image
 from anchorfree.data.images import load_image
 from anchorfree.data.records import DetectionData
 from anchorfree.data.transforms import make_sample, mosaic
+
+# Decoded images are kept in memory only while they take at most this share of the memory free at the start.
+MAX_CACHE_SHARE = 0.3
 
 
 class DetectionDataset(Dataset):
@@ -34,6 +40,8 @@ class DetectionDataset(Dataset):
             same random stream (training only; see `anchorfree.data.transforms.mosaic`), before `transforms`.
         mosaic_size: the mosaic canvas side in pixels.
         min_box_size: mosaic boxes cut to a side below this many pixels are dropped.
+        cache_images: decode every image once, up front, and keep it in memory (`cache_decoded_images`);
+            augmentation then starts from the kept copy, which it never modifies.
     """
 
     def __init__(
@@ -45,6 +53,7 @@ class DetectionDataset(Dataset):
         mosaic_probability: float = 0.0,
         mosaic_size: int = 512,
         min_box_size: float = 2.0,
+        cache_images: bool = False,
     ) -> None:
         self.data = data
         self.transforms = transforms
@@ -56,6 +65,29 @@ class DetectionDataset(Dataset):
         # depend on the number of workers or on which worker loads it, and a resumed epoch repeats exactly.
         self.seed = seed
         self.epoch = 0
+        self.decoded: dict[int, torch.Tensor] = {}
+        if cache_images:
+            self.cache_decoded_images()
+
+    def cache_decoded_images(self) -> bool:
+        """Decode every image into memory, on two threads; False (with a warning) when they would not fit.
+
+        The size is estimated from the recorded image sizes before anything is decoded, and compared with the
+        memory free now: above MAX_CACHE_SHARE of it the images stay on disk and are decoded at every use. The
+        images are decoded in the main process, before any loader worker starts, so workers share them.
+        """
+        needed = sum(3 * width * height for width, height in map(self._decoded_size, range(len(self))))
+        free = _free_memory_bytes()
+        if free is not None and needed > MAX_CACHE_SHARE * free:
+            warnings.warn(
+                f"data.cache_images: the {len(self)} decoded images of {self.data.source} need ~{needed / 2**30:.1f} GiB, more than "
+                f"{MAX_CACHE_SHARE:.0%} of the {free / 2**30:.1f} GiB free; they are read from disk instead",
+                stacklevel=2,
+            )
+            return False
+        with ThreadPoolExecutor(2) as pool:  # Pillow releases the GIL while it decodes
+            self.decoded = dict(enumerate(pool.map(self._decode, range(len(self)))))
+        return True
 
     def __len__(self) -> int:
         return len(self.data.records)
@@ -88,16 +120,28 @@ class DetectionDataset(Dataset):
             sample = mosaic([sample, *(self._load(other) for other in others)], self.mosaic_size, self.min_box_size)
         return self.transforms(sample)
 
+    def _reduce_to(self, index: int) -> tuple[int, int] | None:
+        """The (width, height) a large JPEG may be decoded down to, or None (see `largest_input`)."""
+        record = self.data.records[index]
+        if self.largest_input is None:
+            return None
+        size, max_size = self.largest_input
+        scale = min(size / min(record.width, record.height), max_size / max(record.width, record.height))
+        return (math.ceil(record.width * scale), math.ceil(record.height * scale)) if scale < 1 else None
+
+    def _decoded_size(self, index: int) -> tuple[int, int]:
+        """At most the (width, height) of image `index` once decoded (a JPEG reduction gives no more)."""
+        record = self.data.records[index]
+        return self._reduce_to(index) or (record.width, record.height)
+
+    def _decode(self, index: int) -> torch.Tensor:
+        return load_image(self.data.records[index].path, self._reduce_to(index))
+
     def _load(self, index: int) -> dict:
         """Record `index` decoded as an un-augmented sample (`make_sample`), boxes in the decoded image's pixels."""
         record = self.data.records[index]
-        reduce_to = None
-        if self.largest_input is not None:
-            size, max_size = self.largest_input
-            scale = min(size / min(record.width, record.height), max_size / max(record.width, record.height))
-            if scale < 1:
-                reduce_to = (math.ceil(record.width * scale), math.ceil(record.height * scale))
-        image = load_image(record.path, reduce_to)
+        reduce_to = self._reduce_to(index)
+        image = self.decoded[index] if index in self.decoded else self._decode(index)
         height, width = image.shape[-2:]
         if reduce_to is None and (width, height) != (record.width, record.height):
             raise ValueError(
@@ -108,6 +152,21 @@ class DetectionDataset(Dataset):
         boxes[:, 0::2] *= width / record.width
         boxes[:, 1::2] *= height / record.height
         return make_sample(image, boxes, torch.from_numpy(record.labels).clone(), torch.from_numpy(record.iscrowd).clone())
+
+
+def _free_memory_bytes() -> int | None:
+    """Memory available to a new allocation now (Linux: MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:

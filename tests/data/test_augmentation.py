@@ -267,3 +267,41 @@ def test_training_and_prediction_with_crop_mosaic_and_letterbox(
     detections = detector.predict(image_path, score_threshold=0.0)
     assert len(detections["boxes"]) > 0
     assert detections["boxes"][:, 0::2].max() <= width and detections["boxes"][:, 1::2].max() <= height
+
+
+@pytest.mark.parametrize("mosaic_probability", [0.0, 1.0])
+def test_images_kept_in_memory_give_the_same_samples_and_stay_unmodified(tiny_dataset: Path, mosaic_probability: float) -> None:
+    """data.cache_images (issue 12): the decoded copy is what the disk gives, and augmentation never writes into it."""
+    data = read_coco(tiny_dataset / "instances_train.json")
+
+    def make(cache_images: bool) -> DetectionDataset:
+        pipeline = train_transforms([128], 160, photometric=True, resize="crop")
+        decode_size = largest_input(128, 160, "crop", (0.6, 1.4))
+        return DetectionDataset(data, pipeline, decode_size, seed=3, mosaic_probability=mosaic_probability, mosaic_size=128, cache_images=cache_images)
+
+    cached, from_disk = make(True), make(False)
+    assert sorted(cached.decoded) == list(range(len(data.records))) and not from_disk.decoded
+    kept = {index: image.clone() for index, image in cached.decoded.items()}
+    for epoch in (0, 1):
+        cached.epoch = from_disk.epoch = epoch
+        for index in range(len(cached)):
+            image, target = cached[index]
+            assert torch.equal(image, from_disk[index][0])
+    assert all(torch.equal(cached.decoded[index], image) for index, image in kept.items())
+
+
+def test_images_that_would_not_fit_in_memory_are_read_from_disk(tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anchorfree.data.dataset as dataset_module
+
+    data = read_coco(tiny_dataset / "instances_train.json")
+    monkeypatch.setattr(dataset_module, "_free_memory_bytes", lambda: 1000)
+    with pytest.warns(UserWarning, match=r"data.cache_images: the \d+ decoded images of .*instances_train.json need .* read from disk instead"):
+        dataset = DetectionDataset(data, eval_transforms(128, 160, resize="letterbox"), largest_input(128, 160, "letterbox"), cache_images=True)
+    assert not dataset.decoded
+    assert tuple(dataset[0][0].shape) == (3, 128, 128)
+
+
+def test_training_keeps_the_images_in_memory_when_asked(tiny_overrides: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+    run = anchorfree.train("fcos_cpu", tiny_overrides(tmp_path, data__cache_images=True), progress=False)
+    assert (run / "weights" / "last.safetensors").is_file()
+    assert "cache_images: true" in (run / "config.yaml").read_text(encoding="utf-8")
