@@ -70,13 +70,14 @@ class DetectionDataset(Dataset):
             self.cache_decoded_images()
 
     def cache_decoded_images(self) -> bool:
-        """Decode every image into memory, on two threads; False (with a warning) when they would not fit.
+        """Decode every image into memory, on up to four threads; False (with a warning) when they would not fit.
 
         The size is estimated from the recorded image sizes before anything is decoded, and compared with the
         memory free now: above MAX_CACHE_SHARE of it the images stay on disk and are decoded at every use. The
         images are decoded in the main process, before any loader worker starts, so workers share them.
         """
-        needed = sum(3 * width * height for width, height in map(self._decoded_size, range(len(self))))
+        # The recorded sizes bound the decoded ones (a JPEG decoded at a reduced scale is smaller).
+        needed = sum(3 * record.width * record.height for record in self.data.records)
         free = _free_memory_bytes()
         if free is not None and needed > MAX_CACHE_SHARE * free:
             warnings.warn(
@@ -85,7 +86,7 @@ class DetectionDataset(Dataset):
                 stacklevel=2,
             )
             return False
-        with ThreadPoolExecutor(2) as pool:  # Pillow releases the GIL while it decodes
+        with ThreadPoolExecutor(min(os.cpu_count() or 1, 4)) as pool:  # Pillow releases the GIL while it decodes
             self.decoded = dict(enumerate(pool.map(self._decode, range(len(self)))))
         return True
 
@@ -128,11 +129,6 @@ class DetectionDataset(Dataset):
         size, max_size = self.largest_input
         scale = min(size / min(record.width, record.height), max_size / max(record.width, record.height))
         return (math.ceil(record.width * scale), math.ceil(record.height * scale)) if scale < 1 else None
-
-    def _decoded_size(self, index: int) -> tuple[int, int]:
-        """At most the (width, height) of image `index` once decoded (a JPEG reduction gives no more)."""
-        record = self.data.records[index]
-        return self._reduce_to(index) or (record.width, record.height)
 
     def _decode(self, index: int) -> torch.Tensor:
         return load_image(self.data.records[index].path, self._reduce_to(index))
