@@ -29,7 +29,7 @@ from anchorfree.config import Config, ConfigError, apply_overrides, get_preset
 from anchorfree.data.cache import cache_dir
 from anchorfree.data.dataset import scale_to_original
 from anchorfree.data.images import MIN_IMAGE_SIDE, ImageLoadError, image_to_tensor, load_image
-from anchorfree.data.synth import write_synthetic_dataset
+from anchorfree.data.synth import VERSION as SYNTHETIC_VERSION, write_synthetic_dataset
 from anchorfree.data.transforms import eval_transforms, make_sample
 from anchorfree.drawing import draw_detections
 from anchorfree.engine import autocast, data_paths, evaluate, read_split, resolve_device
@@ -388,7 +388,7 @@ def demo(model: str = "fcos", overrides: dict[str, Any] | list[str] | None = Non
 def synthetic_dataset_path(num_train: int = 3000, num_val: int = 200, seed: int = 0) -> Path:
     """The built-in dataset in the cache folder ($ANCHORFREE_CACHE or ~/.cache/anchorfree), made on first use."""
     cache = cache_dir()
-    folder = cache / f"synthetic-shapes-v5-{num_train}-{num_val}-seed{seed}"
+    folder = cache / f"synthetic-shapes-v{SYNTHETIC_VERSION}-{num_train}-{num_val}-seed{seed}"
     if not (folder / "instances_val.json").is_file():
         write_synthetic_dataset(folder, num_train, num_val, seed)
     return folder

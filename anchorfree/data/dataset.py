@@ -69,8 +69,8 @@ class DetectionDataset(Dataset):
         if cache_images:
             self.cache_decoded_images()
 
-    def cache_decoded_images(self) -> bool:
-        """Decode every image into memory, on up to four threads; False (with a warning) when they would not fit.
+    def cache_decoded_images(self) -> None:
+        """Decode every image into memory, on up to four threads; warn and leave them on disk when they would not fit.
 
         The size is estimated from the recorded image sizes before anything is decoded, and compared with the
         memory free now: above MAX_CACHE_SHARE of it the images stay on disk and are decoded at every use. The
@@ -85,10 +85,9 @@ class DetectionDataset(Dataset):
                 f"{MAX_CACHE_SHARE:.0%} of the {free / 2**30:.1f} GiB free; they are read from disk instead",
                 stacklevel=2,
             )
-            return False
+            return
         with ThreadPoolExecutor(min(os.cpu_count() or 1, 4)) as pool:  # Pillow releases the GIL while it decodes
             self.decoded = dict(enumerate(pool.map(self._decode, range(len(self)))))
-        return True
 
     def __len__(self) -> int:
         return len(self.data.records)

@@ -14,6 +14,7 @@ import anchorfree
 from anchorfree.config import PRESETS, Config, ConfigError, check_data, get_preset
 from anchorfree.data.coco import read_coco
 from anchorfree.data.dataset import DetectionDataset, scale_to_original
+from anchorfree.data.images import load_image
 from anchorfree.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -285,8 +286,7 @@ def test_images_kept_in_memory_give_the_same_samples_and_stay_unmodified(tiny_da
     for epoch in (0, 1):
         cached.epoch = from_disk.epoch = epoch
         for index in range(len(cached)):
-            image, target = cached[index]
-            assert torch.equal(image, from_disk[index][0])
+            assert torch.equal(cached[index][0], from_disk[index][0])
     assert all(torch.equal(cached.decoded[index], image) for index, image in kept.items())
 
 
@@ -301,7 +301,22 @@ def test_images_that_would_not_fit_in_memory_are_read_from_disk(tiny_dataset: Pa
     assert tuple(dataset[0][0].shape) == (3, 128, 128)
 
 
-def test_training_keeps_the_images_in_memory_when_asked(tiny_overrides: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
-    run = anchorfree.train("fcos_cpu", tiny_overrides(tmp_path, data__cache_images=True), progress=False)
+def test_training_keeps_the_images_in_memory_when_asked(
+    tiny_overrides: Callable[..., dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import anchorfree.data.dataset as dataset_module
+
+    decoded: list[Path] = []
+
+    def counting_load_image(path: Path, reduce_to: tuple[int, int] | None = None) -> torch.Tensor:
+        decoded.append(Path(path))
+        return load_image(path, reduce_to)
+
+    monkeypatch.setattr(dataset_module, "load_image", counting_load_image)
+    overrides = tiny_overrides(tmp_path, data__cache_images=True, data__val="", train__epochs=2)
+    run = anchorfree.train("fcos_cpu", overrides, progress=False)
     assert (run / "weights" / "last.safetensors").is_file()
     assert "cache_images: true" in (run / "config.yaml").read_text(encoding="utf-8")
+    # Two epochs, and every training image decoded exactly once.
+    training_images = [record.path for record in read_coco(Path(overrides["data.train"])).records]
+    assert sorted(decoded) == sorted(map(Path, training_images))
