@@ -24,23 +24,24 @@ from PIL import Image
 from torchvision.ops import nms
 from tqdm import tqdm
 
-from anchorfree.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, check_metadata, check_state_dict, checkpoint_config, load_checkpoint
-from anchorfree.config import Config, ConfigError, apply_overrides, get_preset
+from anchorfree.checkpoint import CheckpointError, check_state_dict, checkpoint_config, load_checkpoint
+from anchorfree.config import Config, ConfigError, apply_inference_overrides, apply_overrides, get_preset
 from anchorfree.data.cache import cache_dir
 from anchorfree.data.dataset import scale_to_original
-from anchorfree.data.images import MIN_IMAGE_SIDE, ImageLoadError, image_to_tensor, load_image
+from anchorfree.data.images import IMAGE_SUFFIXES, MIN_IMAGE_SIDE, ImageLoadError, image_to_tensor, load_image
+from anchorfree.data.splits import data_paths, read_split
 from anchorfree.data.synth import VERSION as SYNTHETIC_VERSION, write_synthetic_dataset
 from anchorfree.data.transforms import eval_transforms, make_sample
 from anchorfree.drawing import draw_detections
-from anchorfree.engine import autocast, data_paths, evaluate, read_split, resolve_device
+from anchorfree.engine import autocast, evaluate, resolve_device
 from anchorfree.engine import train as train_loop
 from anchorfree.evaluation import EvaluationResult
-from anchorfree.models import build_model, with_pretrained_structure
+from anchorfree.files import atomic_write_bytes, atomic_write_text
+from anchorfree.models import build_model
 from anchorfree.outputs import data_inputs, refuse_overwriting_inputs, renamed_note, unique_output_names
 from anchorfree.plots import EVALUATION_PLOTS, write_evaluation_plots
 from anchorfree.targets_view import select_images, write_targets
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Formats a drawn image is written in when its source has one of them (the suffix is kept); others become JPEG.
 DRAWN_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF")
 SHOWN_UNREADABLE = 3  # unreadable sources named in predict's error when none could be read
@@ -135,16 +136,25 @@ class Detector:
         return draw_detections(image, detections["boxes"][order], labels, captions)
 
 
-def load(path: str | Path, device: str = "auto") -> Detector:
-    """Load a checkpoint (`best.safetensors`, `last.safetensors` or a run folder) as a `Detector`."""
+def load(path: str | Path, device: str = "auto", overrides: dict[str, Any] | list[str] | None = None) -> Detector:
+    """Load a checkpoint (`best.safetensors`, `last.safetensors` or a run folder) as a `Detector`.
+
+    `overrides` changes test-time settings of the saved config before the model is built, e.g.
+    `{"model.fcos.score_threshold": 0.1}` or `["data.val_size=640"]`: the active family's decode settings
+    (`anchorfree.config.INFERENCE_SETTINGS`), data.val_size, data.max_size and train.amp. Any other key is a
+    ConfigError naming it and listing what may be changed. `Detector.config` is the overridden config.
+    """
     checkpoint = load_checkpoint(path)
-    check_metadata(checkpoint.metadata, checkpoint.path, required=("config", "class_names", "category_ids"))
+    metadata = checkpoint.metadata
+    metadata.require(checkpoint.path, "config", "class_names", "category_ids")
     config = checkpoint_config(checkpoint)
-    class_names = checkpoint.metadata["class_names"]
-    # Every weight comes from the checkpoint: build without fetching ImageNet weights, with the frozen-norm
-    # wrapper a pretrained backbone trains in (same modules, same state-dict keys).
+    if overrides:
+        config = apply_inference_overrides(config, overrides, f"checkpoint {checkpoint.path}")
+    class_names = list(metadata.class_names)
+    # Every weight comes from the checkpoint: build without fetching ImageNet weights, in the structure the
+    # saved config records (model.freeze_backbone_norm: the same modules, the same state-dict keys).
     try:
-        model = with_pretrained_structure(build_model(replace(config.model, pretrained_backbone=False), len(class_names)), config.model)
+        model = build_model(replace(config.model, pretrained_backbone=False), len(class_names))
     except (ValueError, RuntimeError) as error:  # the builders' errors for a model section they cannot build
         raise CheckpointError(f"checkpoint {checkpoint.path}: its saved config does not build a model ({error})") from error
     check_state_dict(model, checkpoint.model_state, checkpoint.path, f"{config.model.name} on {config.model.backbone}")
@@ -152,7 +162,7 @@ def load(path: str | Path, device: str = "auto") -> Detector:
     torch_device = resolve_device(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return Detector(model.to(torch_device).eval(), config, class_names, checkpoint.metadata["category_ids"], torch_device)
+    return Detector(model.to(torch_device).eval(), config, class_names, list(metadata.category_ids), torch_device)
 
 
 def val(
@@ -162,16 +172,18 @@ def val(
     progress: bool = True,
     plots: str | Path | None = None,
     save_json: str | Path | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
 ) -> EvaluationResult:
     """COCO metrics of a checkpoint on a split in any supported format (default: the val split it was trained
     with). `data` is a COCO JSON file, a VOC or YOLO folder, or a dataset YAML (its val split is used).
     With `plots` (a folder), also write the evaluation's analysis there, as a run folder's plots/ holds it:
     per_class.csv, PR curves at IoU 0.5 and 0.5:0.95, the F1 curve, confusion matrices and sample predictions.
-    With `save_json`, also write the metrics (`EvaluationResult.to_dict`) to that file.
+    With `save_json`, also write the metrics (`EvaluationResult.to_dict`) to that file. `overrides`: test-time
+    settings, as `load` takes them (e.g. {"model.fcos.nms_threshold": 0.5}).
 
     Before evaluating, every file it will write is checked against the checkpoint and the split's files
     (OutputOverwritesInput if one would be replaced)."""
-    detector = load(weights, device)
+    detector = load(weights, device, overrides)
     config = detector.config
     split = str(data) if data is not None else (data_paths(config)[1])
     if not split or split == ".":
@@ -237,6 +249,7 @@ def predict(
     save_images: bool = True,
     agnostic_nms: float | None = None,
     progress: bool = True,
+    overrides: dict[str, Any] | list[str] | None = None,
 ) -> PredictionSummary:
     """Detect objects in images and folders of images; write `predictions.json` (COCO results; each record's
     `file_name` is its source's path) and, with `save_images`, each image with its detections drawn
@@ -249,7 +262,8 @@ def predict(
     (x_2.jpg), said in one warning at the end. Before anything is written, every output is checked against every
     source and the checkpoint (OutputOverwritesInput): `--out` may be the sources' folder only where no source
     would be replaced. A source that cannot be read is skipped with a warning naming it and why; when none can be
-    read, ImageLoadError names the first few.
+    read, ImageLoadError names the first few. `overrides`: test-time settings, as `load` takes them (e.g.
+    {"model.fcos.score_threshold": 0.1}; `score_threshold` still filters what the model returns).
     """
     paths = _expand_sources(sources)
     out = Path(out)
@@ -257,7 +271,7 @@ def predict(
     refuse_overwriting_inputs([out / "predictions.json", *drawn_paths], itertools.chain(_checkpoint_files(weights), paths), "predict --out")
     if agnostic_nms is not None and not 0.0 < agnostic_nms <= 1.0:
         raise ValueError(f"agnostic_nms is an IoU threshold in (0, 1], got {agnostic_nms}")
-    detector = load(weights, device)
+    detector = load(weights, device, overrides)
     results = []
     unreadable: list[str] = []
     counts = [0] * len(detector.class_names)  # detections per class index
@@ -331,20 +345,14 @@ def targets(
     are drawn beside the targets). `data` is any dataset path (COCO JSON, VOC or YOLO folder, dataset YAML, or a
     folder holding them); None takes the config's data.train / data.val for `split`. `images` are indices or file
     names in the split (default: its first `count`). The image is the config's evaluation input (see
-    `anchorfree.targets_view`). Returns the written paths.
+    `anchorfree.targets_view`). `overrides` are a preset's dotted settings, or with a checkpoint its test-time
+    settings (`load`'s: e.g. model.centernet.score_threshold). Returns the written paths.
     """
     weights = Path(preset_or_weights)
     class_names = None
     if weights.exists():  # a checkpoint or a run folder
-        detector = load(weights, device)
-        config = apply_overrides(detector.config, overrides or {})
-        model, class_names = detector.model, detector.class_names
-        if config.model != detector.config.model:
-            # Settings such as model.centernet.score_threshold: the same weights in a model built with them.
-            # Built without fetching ImageNet weights, in the structure the checkpoint was trained in (its keys).
-            config = apply_overrides(config, {"model.pretrained_backbone": False})
-            model = with_pretrained_structure(build_model(config.model, len(class_names)), detector.config.model).to(detector.device)
-            model.load_state_dict(detector.model.state_dict())
+        detector = load(weights, device, overrides)
+        config, model, class_names = detector.config, detector.model, detector.class_names
     elif weights.suffix == ".safetensors" or len(weights.parts) > 1:
         raise FileNotFoundError(f"{weights}: no such checkpoint or run folder")
     else:

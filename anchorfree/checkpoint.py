@@ -2,23 +2,23 @@
 
 A checkpoint holds the model weights (`model.*` tensors) and, for `last`, the training state beside them in
 the same file (`optimizer.*` tensors, the optimizer's param groups and the loop position in the metadata), so
-weights and state can never disagree after a crash. Metadata (config, class names, original category ids,
-epoch, metrics, versions) is JSON in the safetensors header and is mirrored to a `.json` file for people.
+weights and state can never disagree after a crash. Metadata (`CheckpointMetadata`: config, class names,
+original category ids, epoch, metrics, versions) is JSON in the safetensors header and is mirrored to a `.json`
+file for people.
 Nothing is pickled: loading cannot execute code.
 
-Every write goes to a temporary file in the same folder, is fsynced and then renamed over the old file
-(`os.replace` is atomic on POSIX and Windows), so a kill at any moment leaves the previous checkpoint loadable.
+Every write goes through `anchorfree.files.atomic_write_bytes` (a temporary file in the same folder, fsynced,
+then renamed over the old file), so a kill at any moment leaves the previous checkpoint loadable.
 """
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
-import os
 import shutil
-import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from anchorfree.files import atomic_write_bytes, atomic_write_text
+
 FORMAT = "anchorfree-checkpoint"
-FORMAT_VERSION = 1
+# 2: typed metadata with a `version` and `world_size`; the config holds the active family's section only, and
+# model.freeze_backbone_norm. 1: no `version` key (still read: see `CheckpointMetadata.from_json`).
+FORMAT_VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -36,90 +40,79 @@ class CheckpointError(ValueError):
 
 
 @dataclass
+class CheckpointMetadata:
+    """What a checkpoint says beside its tensors: JSON in the safetensors header, mirrored to a `.json` file.
+
+    Any field but `version` may be absent from a file (weights written by hand or by older versions hold
+    fewer): None then. `load_checkpoint` checks every value's type first (`METADATA_TYPES`); `require` names the
+    fields a use needs.
+    """
+
+    version: int = FORMAT_VERSION  # the metadata's layout; files without the key are version 1
+    config: dict[str, Any] | None = None  # Config.to_dict(): model (the active family's section; version 1: all three), data, train
+    class_names: list[str] | None = None  # in label order
+    category_ids: list[int] | None = None  # the dataset's id of each class, in label order
+    epoch: int | None = None  # epochs finished when it was saved
+    loop: dict[str, Any] | None = None  # `last` only: the loop position (engine.LoopState.to_dict())
+    history: list[dict[str, Any]] | None = None  # `last` only: the metrics row of every finished epoch
+    metrics: dict[str, Any] | None = None  # `best` only: the evaluation that made it best (EvaluationResult.to_dict())
+    anchorfree_version: str = ""  # "" when not recorded
+    torch_version: str = ""
+    world_size: int = 1  # processes that trained it together (distributed training records more)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object the header and the mirror hold: every field that is not None."""
+        return {item.name: copy.deepcopy(getattr(self, item.name)) for item in fields(self) if getattr(self, item.name) is not None}
+
+    @classmethod
+    def from_json(cls, values: Any, path: str | Path) -> CheckpointMetadata:
+        """Metadata read from a file: type-checked (`check_metadata`: CheckpointError naming `path`, the key and
+        the value), version 1 (no `version` key) included; keys that are no field are ignored."""
+        check_metadata(values, path)
+        version = values.get("version", 1)
+        if version > FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint {path}: metadata version {version} was written by a newer anchorfree; upgrade to load it")
+        known = {item.name for item in fields(cls)}
+        kept = {key: copy.deepcopy(value) for key, value in values.items() if key in known}
+        kept.setdefault("version", 1)
+        return cls(**kept)
+
+    def require(self, path: str | Path, *names: str) -> None:
+        """Raise CheckpointError naming `path` and the first of `names` this metadata lacks (a `Detector` needs
+        config, class_names and category_ids; resuming needs config and loop)."""
+        for name in names:
+            if getattr(self, name) is None:
+                raise CheckpointError(f"checkpoint {path}: metadata has no {name!r}; it holds {sorted(self.to_json())}")
+
+
+@dataclass
 class Checkpoint:
     """What a checkpoint file holds, unpacked."""
 
     model_state: dict[str, torch.Tensor]
-    metadata: dict[str, Any]  # config, class_names, category_ids, epoch, ... (JSON types)
+    metadata: CheckpointMetadata
     optimizer_state: dict[str, Any] | None = None  # a torch optimizer state_dict, or None for weights-only files
     path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
-    """Write `payload` to `path` so that readers see either the old file or the complete new one.
-
-    Raises OSError (e.g. ENOSPC, a read-only folder, a name too long) naming `path`, after removing the temporary
-    file; the previous file is untouched.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            # mkstemp creates files readable by the owner only; give the final file the usual permissions.
-            os.chmod(temporary, 0o666 & ~_current_umask())
-            os.replace(temporary, path)
-        except BaseException:
-            # Also on KeyboardInterrupt: the half-written temporary must not stay behind.
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
-    except OSError as error:
-        # The OS names the temporary file (or nothing): name the file the user asked for, keeping the errno
-        # (OSError(errno, ...) is the matching subclass: PermissionError, FileNotFoundError...).
-        raise OSError(error.errno, f"cannot write {path}: {error.strerror or error}", str(path)) from error
-    _fsync_directory(path.parent)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _fsync_directory(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on Windows, where opening a folder fails.
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete temporary files left by a write that was killed; returns what was removed."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    for stale in folder.glob(".*.tmp"):
-        stale.unlink()
-        removed.append(stale)
-    return removed
-
-
 def save_checkpoint(
-    path: str | Path, model: torch.nn.Module, metadata: dict[str, Any], optimizer: torch.optim.Optimizer | None = None, average: torch.nn.Module | None = None
+    path: str | Path,
+    model: torch.nn.Module,
+    metadata: CheckpointMetadata | dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+    average: torch.nn.Module | None = None,
 ) -> Path:
     """Atomically write a checkpoint (and its `.json` metadata mirror). Returns the path.
 
-    With `optimizer`, its state is stored too and the file can resume training; without, it is weights only.
-    With `average` (the weights' moving average, a `torch.optim.swa_utils.AveragedModel`), its state is stored
-    as "ema." tensors, returned by `load_checkpoint` in `extra["ema_state"]`.
+    `metadata` is a CheckpointMetadata, or a mapping of its fields (checked as a file's are; a key that is no
+    field is a CheckpointError). With `optimizer`, its state is stored too and the file can resume training;
+    without, it is weights only. With `average` (the weights' moving average, a
+    `torch.optim.swa_utils.AveragedModel`), its state is stored as "ema." tensors, returned by `load_checkpoint`
+    in `extra["ema_state"]`.
     """
     path = Path(path)
+    metadata = _as_metadata(metadata, path).to_json()
     tensors = {f"model.{name}": tensor.detach().contiguous().cpu() for name, tensor in _unwrap(model).state_dict().items()}
     if average is not None:
         tensors.update({f"ema.{name}": tensor.detach().contiguous().cpu() for name, tensor in average.state_dict().items()})
@@ -138,6 +131,19 @@ def save_checkpoint(
     atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata=header))
     atomic_write_text(path.with_suffix(".json"), json.dumps(metadata, indent=2))
     return path
+
+
+def _as_metadata(metadata: CheckpointMetadata | dict[str, Any], path: Path) -> CheckpointMetadata:
+    """`metadata` to be saved as a CheckpointMetadata (of this version unless it says otherwise)."""
+    if isinstance(metadata, CheckpointMetadata):
+        check_metadata(metadata.to_json(), path)
+        return metadata
+    check_metadata(metadata, path)
+    known = {item.name for item in fields(CheckpointMetadata)}
+    unknown = sorted(set(metadata) - known)
+    if unknown:
+        raise CheckpointError(f"checkpoint {path}: metadata keys {unknown} are not CheckpointMetadata fields ({', '.join(sorted(known))})")
+    return CheckpointMetadata(**copy.deepcopy(metadata))
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -164,15 +170,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path}: header format_version must be a whole number, got {version!r}")
     if int(version) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer anchorfree (format {header['format_version']}); upgrade to load it")
-    metadata = _header_json(header, "metadata", path, required=True)
-    check_metadata(metadata, path)
+    saved_metadata = _header_json(header, "metadata", path, required=True)
+    metadata = CheckpointMetadata.from_json(saved_metadata, path)
     model_state = {name[len("model."):]: tensor for name, tensor in tensors.items() if name.startswith("model.")}
     # Checkpoints saved from DataParallel / DDP wrappers carry a "module." prefix.
     model_state = {name.removeprefix("module."): tensor for name, tensor in model_state.items()}
     optimizer_state = None
     if "optimizer" in header:
         optimizer_state = _optimizer_state(_header_json(header, "optimizer", path, required=True), tensors, path)
-    _refresh_mirror(path, metadata)
+    _refresh_mirror(path, saved_metadata)
     ema_state = {name[len("ema."):]: tensor for name, tensor in tensors.items() if name.startswith("ema.")}
     return Checkpoint(model_state, metadata, optimizer_state, path, extra={"ema_state": ema_state} if ema_state else {})
 
@@ -230,7 +236,7 @@ def _refresh_mirror(path: Path, metadata: dict[str, Any]) -> None:
 
 
 # The types a checkpoint's metadata must have, key by key. Every key is optional here (weights files written by
-# hand or by older versions hold fewer); `check_metadata(required=...)` names the keys a use needs.
+# hand or by older versions hold fewer); `CheckpointMetadata.require` names the fields a use needs.
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -240,6 +246,7 @@ def _is_number(value: Any) -> bool:
 
 
 METADATA_TYPES: dict[str, tuple[str, Any]] = {
+    "version": ("an integer >= 1", lambda value: _is_int(value) and value >= 1),
     "config": ("a mapping of config sections", lambda value: isinstance(value, dict)),
     "class_names": ("a list of strings", lambda value: isinstance(value, list) and all(isinstance(item, str) for item in value)),
     "category_ids": ("a list of integers", lambda value: isinstance(value, list) and all(_is_int(item) for item in value)),
@@ -250,6 +257,9 @@ METADATA_TYPES: dict[str, tuple[str, Any]] = {
     )),
     "history": ("a list of metrics rows (mappings)", lambda value: isinstance(value, list) and all(isinstance(row, dict) for row in value)),
     "metrics": ("a mapping", lambda value: isinstance(value, dict)),
+    "anchorfree_version": ("a string", lambda value: isinstance(value, str)),
+    "torch_version": ("a string", lambda value: isinstance(value, str)),
+    "world_size": ("an integer >= 1", lambda value: _is_int(value) and value >= 1),
 }
 MAX_HEADER_JSON = 64 << 20  # characters; far above any real config and optimizer state, far below a memory problem
 
@@ -257,9 +267,8 @@ MAX_HEADER_JSON = 64 << 20  # characters; far above any real config and optimize
 def check_metadata(metadata: Any, path: str | Path, required: tuple[str, ...] = ()) -> None:
     """Raise CheckpointError naming the file, the key and the value when metadata has the wrong shape.
 
-    Checked before anything uses it, so a crafted or damaged header is one named error rather than a
-    TypeError deep inside loading. `required` lists the keys this use needs (a `Detector` needs config,
-    class_names and category_ids).
+    Checked before anything uses it (`CheckpointMetadata.from_json`), so a crafted or damaged header is one
+    named error rather than a TypeError deep inside loading. `required` lists keys that must be present.
     """
     if not isinstance(metadata, dict):
         raise CheckpointError(f"checkpoint {path}: metadata must be a JSON object, got {type(metadata).__name__} {str(metadata)[:80]}")
@@ -280,9 +289,9 @@ def checkpoint_config(checkpoint: Checkpoint) -> Any:
     """The checkpoint's saved config as a `Config`; CheckpointError naming the file and the key when it is not one."""
     from anchorfree.config import ConfigError, config_from_dict  # config imports the models; checkpoint stays light
 
-    check_metadata(checkpoint.metadata, checkpoint.path, required=("config",))
+    checkpoint.metadata.require(checkpoint.path, "config")
     try:
-        return config_from_dict(checkpoint.metadata["config"])
+        return config_from_dict(checkpoint.metadata.config)
     except ConfigError as error:
         raise CheckpointError(f"checkpoint {checkpoint.path}: its saved config is not valid: {error}") from error
 

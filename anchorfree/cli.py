@@ -3,8 +3,8 @@
     anchorfree demo                                     # synthetic data -> train -> evaluate -> draw
     anchorfree train --preset fcos_cpu data.train=train.json data.val=val.json train.epochs=20
     anchorfree train --resume runs/fcos_cpu
-    anchorfree val runs/fcos_cpu/weights/best.safetensors [--data val.json] [--plots runs/val_plots]
-    anchorfree predict runs/fcos_cpu/weights/best.safetensors images/ --out runs/predict [--conf 0.3] [--agnostic-nms]
+    anchorfree val runs/fcos_cpu/weights/best.safetensors [--data val.json] [--plots runs/val_plots] [model.fcos.nms_threshold=0.5]
+    anchorfree predict runs/fcos_cpu/weights/best.safetensors images/ --out runs/predict [--conf 0.3] [--agnostic-nms] [data.val_size=416]
     anchorfree data synth --out shapes --train 3000 --val 200 --seed 0
     anchorfree data check coco/ [--strict] [--decode] [--json runs/data_check/dataset_report.json]
     anchorfree data convert coco/ --to yolo --out shapes_yolo [--images copy|symlink|none]
@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import re
 import sys
 from pathlib import Path
 
 from anchorfree import api
-from anchorfree.checkpoint import CheckpointError, atomic_write_text
+from anchorfree.checkpoint import CheckpointError
 from anchorfree.config import PRESETS, ConfigError, all_keys, dump_yaml, get_preset
 from anchorfree.data.formats import FORMATS, convert_dataset
 from anchorfree.data.images import ImageLoadError
@@ -35,6 +34,7 @@ from anchorfree.data.records import InvalidAnnotation
 from anchorfree.data.report import dataset_report, format_report, show_dataset
 from anchorfree.data.synth import write_synthetic_dataset
 from anchorfree.engine import NonFiniteLoss, TrainingInterrupted
+from anchorfree.files import TEMPORARY_NAME, atomic_write_text
 from anchorfree.outputs import OutputOverwritesInput, dataset_inputs, refuse_overwriting_inputs
 from anchorfree.targets_view import split_override_tokens
 
@@ -50,8 +50,6 @@ OS_ERROR_HINTS = {
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EISDIR: "the path is a folder, not a file",
 }
-# The temporary file an atomic write goes through (anchorfree.checkpoint): `.<name>.<random>.tmp`.
-_TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
 # Raised on user input by the project's readers, config and checkpoint code; OSError and ValueError also cover
 # what the standard library raises for a bad path or value (ConfigError, InvalidAnnotation, ImageLoadError and
 # CheckpointError are ValueErrors; PretrainedWeightsUnavailable is an OSError).
@@ -60,6 +58,10 @@ USER_ERRORS = (
 )
 
 OVERRIDES_HELP = "dotted key=value settings, e.g. train.epochs=20 model.fcos.head_convs=2 (see `anchorfree presets NAME`)"
+TEST_TIME_HELP = (
+    "test-time key=value settings of the checkpoint, e.g. model.fcos.score_threshold=0.1 data.val_size=640: the family's decode "
+    "settings, data.val_size, data.max_size, train.amp"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = commands.add_parser("val", help="COCO metrics of a checkpoint on a split")
     val.add_argument("weights", help="a checkpoint (.safetensors) or run folder")
+    val.add_argument("overrides", nargs="*", help=TEST_TIME_HELP)
     val.add_argument("--data", help="the split: a COCO JSON, a VOC or YOLO folder, or a dataset YAML (default: the val split the model was trained with)")
     val.add_argument("--device", default="auto")
     val.add_argument("--save-json", help="also write the metrics to this JSON file")
@@ -85,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="detect objects in images or folders")
     predict.add_argument("weights", help="a checkpoint (.safetensors) or run folder")
-    predict.add_argument("sources", nargs="+", help="image files or folders")
+    predict.add_argument("sources", nargs="+", help=f"image files or folders, and {TEST_TIME_HELP}")
     predict.add_argument("--out", default="runs/predict", help="output folder (predictions.json + drawn images)")
     predict.add_argument("--conf", type=float, default=0.3, help="score threshold (default: 0.3)")
     predict.add_argument("--device", default="auto")
@@ -148,9 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command == "predict":
+        # `predict W a.jpg key=value`: the sources list takes the test-time settings too.
+        args.sources, args.overrides = split_override_tokens(args.sources)
+        if not args.sources:
+            parser.error("predict needs at least one image file or folder before its key=value settings")
     if extra:
-        # `targets DATA --preset P key=value`: argparse leaves positionals after an option unclaimed; they are overrides.
-        if args.command != "targets" or any(token.startswith("-") for token in extra):
+        # `targets DATA --preset P key=value`, `val W --data D key=value`: argparse leaves positionals after an
+        # option unclaimed; they are overrides.
+        settings_only = args.command in ("val", "predict") and not split_override_tokens(extra)[0]
+        if (args.command != "targets" and not settings_only) or any(token.startswith("-") for token in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:
@@ -176,7 +186,7 @@ def describe_error(error: BaseException) -> str:
     `runs/x/last.safetensors: No space left on device (errno ENOSPC): the disk is full: ...`)."""
     if isinstance(error, OSError) and error.strerror and error.filename is not None:
         path = Path(str(error.filename))
-        temporary = _TEMPORARY_NAME.match(path.name)
+        temporary = TEMPORARY_NAME.match(path.name)  # an atomic write's temporary names its file
         target = path.with_name(temporary["name"]) if temporary else path
         second = f" -> {error.filename2}" if error.filename2 is not None else ""
         code = f" (errno {errno.errorcode.get(error.errno, error.errno)})" if error.errno is not None else ""
@@ -199,7 +209,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"run folder: {run_folder}")
         return 0
     if args.command == "val":
-        result = api.val(args.weights, args.data, args.device, plots=args.plots, save_json=args.save_json)
+        result = api.val(args.weights, args.data, args.device, plots=args.plots, save_json=args.save_json, overrides=args.overrides)
         print(result.table())
         if args.plots:
             print(f"plots: {args.plots}")
@@ -207,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "predict":
         summary = api.predict(
             args.weights, args.sources, args.out, args.conf, args.device, save_images=not args.no_images,
-            agnostic_nms=args.agnostic_iou if args.agnostic_nms else None,
+            agnostic_nms=args.agnostic_iou if args.agnostic_nms else None, overrides=args.overrides,
         )
         print(summary.text())
         return 0

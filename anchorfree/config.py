@@ -3,11 +3,14 @@
 A run is described by one `Config` (model, data, train). A preset is a function returning a complete
 `Config`; a user picks one by name and overrides fields with dotted keys (`train.epochs=24`,
 `model.fcos.head_convs=2`). Unknown keys fail with a suggestion, values are parsed with YAML's safe loader and
-checked against the field's type, and the resolved config is saved with every run and checkpoint.
+checked against the field's type, and the resolved config is saved with every run and checkpoint. Of the
+family sections (`model.fcos`, `model.centernet`, `model.cornernet`) only the one `model.name` selects is part
+of a run; a checkpoint can be loaded with other test-time settings (`apply_inference_overrides`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -32,12 +35,21 @@ from anchorfree.models.fcos import FCOSConfig
 
 @dataclass
 class ModelConfig:
-    """Which detector to build. `num_classes` 0 means: take it from the training data."""
+    """Which detector to build. `num_classes` 0 means: take it from the training data.
+
+    Each family has its section (`fcos`, `centernet`, `cornernet`); only the one `name` selects is part of a run:
+    the saved config holds it alone, and overriding another family's key is an error.
+    """
 
     name: str = "fcos"  # a key of anchorfree.models.MODELS
     backbone: str = "resnet50"
     backbone_width: float = 1.0  # channel multiplier (mobilenet_v2)
-    pretrained_backbone: bool = False  # torchvision ImageNet weights through its weights API
+    pretrained_backbone: bool = False  # fetch torchvision's ImageNet weights for the backbone (its weights API)
+    # The backbone's batch norm frozen (wrapped in FrozenNorm), as torchvision's detectors train a pretrained
+    # backbone: detection batches are too small to re-estimate ImageNet statistics. A structure, not weights:
+    # loading a checkpoint rebuilds it from the saved config without fetching anything. An override of
+    # model.pretrained_backbone alone sets this to the same value; set both to choose otherwise.
+    freeze_backbone_norm: bool = False
     num_classes: int = 0
     fcos: FCOSConfig = field(default_factory=FCOSConfig)
     centernet: CenterNetConfig = field(default_factory=CenterNetConfig)
@@ -100,7 +112,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
-    log_every: int = 10  # iterations between metrics.csv rows
     tensorboard: bool = False  # also log metrics.csv's scalars and the best epoch's val_predictions.png to <run>/tensorboard/
     project: str = "runs"
     name: str = ""  # run folder name; default <preset>, made unique with a suffix
@@ -114,7 +125,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as plain data (config.yaml, checkpoints); of the family sections, only the active one."""
+        values = dataclasses.asdict(self)
+        for family in MODELS:
+            if family != self.model.name:
+                del values["model"][family]
+        return values
 
 
 # --------------------------------------------------------------------------------------------------- presets
@@ -151,6 +167,7 @@ def fcos_cpu() -> Config:
             name="fcos",
             backbone="mobilenet_v2",
             pretrained_backbone=True,
+            freeze_backbone_norm=True,
             fcos=FCOSConfig(fpn_channels=64, head_convs=2, norm_groups=16, size_boundaries=[32.0, 64.0, 128.0, 256.0]),
         ),
         data=DataConfig(train_sizes=[288, 320, 352], val_size=320, max_size=448, workers=0),
@@ -170,6 +187,7 @@ def fcos_mobilenet_v2_cpu() -> Config:
             name="fcos",
             backbone="mobilenet_v2",
             pretrained_backbone=True,
+            freeze_backbone_norm=True,
             fcos=FCOSConfig(fpn_channels=128, head_convs=2, size_boundaries=[64.0, 128.0, 256.0, 512.0]),
         ),
         data=DataConfig(train_sizes=[288, 320, 352, 384], val_size=384, max_size=640, workers=0),
@@ -181,7 +199,7 @@ def fcos_r50_fpn_1x() -> Config:
     """The paper's FCOS R-50-FPN 1x schedule: 800 px, batch 16, SGD 0.01, 12 COCO epochs (90k iterations)."""
     return Config(
         preset="fcos_r50_fpn_1x",
-        model=ModelConfig(name="fcos", backbone="resnet50", pretrained_backbone=True, fcos=FCOSConfig()),
+        model=ModelConfig(name="fcos", backbone="resnet50", pretrained_backbone=True, freeze_backbone_norm=True, fcos=FCOSConfig()),
         data=DataConfig(train_sizes=[800], val_size=800, max_size=1333, workers=4),
         train=TrainConfig(epochs=12, batch_size=16, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, warmup_iters=500),
     )
@@ -195,6 +213,7 @@ def centernet_cpu() -> Config:
             name="centernet",
             backbone="mobilenet_v2",
             pretrained_backbone=True,
+            freeze_backbone_norm=True,
             # NMS at 0.6: after minutes of training, large objects still have duplicate peaks (docs/benchmarks.md).
             centernet=CenterNetConfig(neck="fpn", fpn_channels=64, head_channels=64, nms_threshold=0.6),
         ),
@@ -220,6 +239,7 @@ def centernet_r18() -> Config:
             name="centernet",
             backbone="resnet18",
             pretrained_backbone=True,
+            freeze_backbone_norm=True,
             centernet=CenterNetConfig(neck="deconv", neck_channels=[256, 128, 64], deformable=True, head_channels=64),
         ),
         data=DataConfig(train_sizes=[512], val_size=512, max_size=512, resize="crop", scale_range=[0.6, 1.4], workers=4),
@@ -238,6 +258,7 @@ def cornernet_cpu() -> Config:
             name="cornernet",
             backbone="mobilenet_v2",
             pretrained_backbone=True,
+            freeze_backbone_norm=True,
             # Soft-NMS as the paper does: +0.04-0.08 mAP over the plain pair decode after minutes of training
             # (docs/benchmarks.md).
             cornernet=CornerNetConfig(neck="fpn", fpn_channels=64, pool_channels=64, head_channels=64, soft_nms_sigma=0.5),
@@ -281,7 +302,7 @@ def _demo_of(base: Config, preset: str) -> Config:
     From scratch on purpose: the demo needs no download, and csp_small trains ~7x faster per image than
     MobileNetV2 on a CPU (docs/benchmarks.md, "The demo").
     """
-    model = dataclasses.replace(base.model, backbone="csp_small", pretrained_backbone=False)
+    model = dataclasses.replace(base.model, backbone="csp_small", pretrained_backbone=False, freeze_backbone_norm=False)
     return dataclasses.replace(base, preset=preset, model=model, data=_demo_data(), train=_demo_train())
 
 
@@ -398,6 +419,11 @@ def _model_problems(model: ModelConfig) -> list[str]:
         problems.append(f"model.backbone_width must be a positive multiplier, got {model.backbone_width!r}")
     if model.num_classes < 0:
         problems.append(f"model.num_classes must be >= 0 (0 takes it from the data), got {model.num_classes!r}")
+    if model.freeze_backbone_norm and model.backbone in HOURGLASS_BACKBONES:
+        problems.append(
+            f"model.freeze_backbone_norm must be false with model.backbone={model.backbone} (it has no ImageNet weights and trains its "
+            f"batch norm from scratch), got {model.freeze_backbone_norm!r}"
+        )
     return problems
 
 
@@ -425,7 +451,6 @@ def _train_problems(train: TrainConfig) -> list[str]:
     require("grad_clip", train.grad_clip, "a finite number >= 0 (0 disables clipping)", math.isfinite(train.grad_clip) and train.grad_clip >= 0)
     require("time_limit", train.time_limit, "a finite number of minutes >= 0 (0: no limit)", math.isfinite(train.time_limit) and train.time_limit >= 0)
     require("eval_every", train.eval_every, ">= 1 epochs", train.eval_every >= 1)
-    require("log_every", train.log_every, ">= 1 iterations", train.log_every >= 1)
     require("threads", train.threads, ">= 0 (0 keeps torch's default)", train.threads >= 0)
     require("seed", train.seed, ">= 0", train.seed >= 0)
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", train.device):
@@ -454,11 +479,52 @@ def apply_overrides(config: Config, overrides: list[str] | dict[str, Any]) -> Co
     Values in "key=value" strings are parsed with `yaml.safe_load` ("0.01" -> float, "[1, 2]" -> list,
     "true" -> bool); numbers and booleans given as strings (also in a dict) are parsed for numeric and boolean
     fields ("1e-3" -> 0.001). Values must match the field's type. Raises ConfigError for unknown keys (with a suggestion) or bad values.
+    A family's keys apply only to the family the call ends with: `model.name=centernet model.centernet.nms_threshold=0.5`
+    works in either order, `model.centernet.nms_threshold=0.5` on an FCOS config is an error.
     """
     config = _copy(config)
-    items = overrides.items() if isinstance(overrides, dict) else [_split(item) for item in overrides]
-    for key, value in items:
-        set_value(config, key, value)
+    _set_all(config, _override_items(overrides))
+    return config
+
+
+# The family settings a trained model may be evaluated with (`anchorfree.load(path, overrides=...)`, and `val`,
+# `predict`, `targets` with a checkpoint): decoding only. None changes a weight's shape or what the weights were
+# trained to predict (architecture, targets and losses stay the checkpoint's).
+INFERENCE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "fcos": ("score_threshold", "pre_nms_top_k", "nms_threshold", "max_detections"),
+    "centernet": ("score_threshold", "max_detections", "peak_kernel", "nms_threshold", "soft_nms_sigma", "flip_test"),
+    "cornernet": (
+        "score_threshold", "max_detections", "peak_kernel", "corners_top_k", "embedding_threshold", "nms_threshold", "soft_nms_sigma",
+        "exportable_pooling",  # the same corner pools computed with ONNX-friendly ops
+    ),
+}
+INFERENCE_KEYS = ("data.val_size", "data.max_size", "train.amp")  # the evaluation input's size, and bf16 autocast
+
+
+def inference_keys(config: Config) -> list[str]:
+    """The dotted keys a checkpoint of `config` may be loaded with other values of: the active family's
+    `INFERENCE_SETTINGS`, then `INFERENCE_KEYS`."""
+    family = config.model.name
+    return [*(f"model.{family}.{name}" for name in INFERENCE_SETTINGS.get(family, ())), *INFERENCE_KEYS]
+
+
+def apply_inference_overrides(config: Config, overrides: list[str] | dict[str, Any], source: str = "a checkpoint") -> Config:
+    """`config` (a checkpoint's) with test-time settings changed, e.g. {"model.fcos.score_threshold": 0.1}.
+
+    Only `inference_keys(config)` may change; any other key (one that changes the weights' shapes or their
+    training, another family's, or a typo) is a ConfigError naming the key, `source` and what may be changed.
+    The result is range-checked (`validate`).
+    """
+    allowed = inference_keys(config)
+    items = _override_items(overrides)
+    for key, _ in items:
+        if key not in allowed:
+            raise ConfigError(
+                f"{key} cannot be changed when loading {source}: only test-time settings can ({', '.join(allowed)}){_suggest(key, allowed)}"
+            )
+    config = _copy(config)
+    _set_all(config, items)
+    validate(config)
     return config
 
 
@@ -482,9 +548,11 @@ def set_value(config: Any, key: str, value: Any) -> None:
 
 
 def all_keys(config: Any, prefix: str = "") -> list[str]:
-    """Every settable dotted key of a config dataclass."""
+    """Every settable dotted key of a config dataclass; of the family sections, the active family's only."""
     keys = []
     for item in dataclasses.fields(config):
+        if isinstance(config, ModelConfig) and item.name in MODELS and item.name != config.name:
+            continue
         value = getattr(config, item.name)
         if dataclasses.is_dataclass(value):
             keys += all_keys(value, f"{prefix}{item.name}.")
@@ -493,11 +561,22 @@ def all_keys(config: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+# Keys older versions saved that no longer exist: dropped when a saved config is read (`config_from_dict`), so
+# old runs and checkpoints still load, while an override of one is an unknown key.
+REMOVED_KEYS = ("train.log_every",)  # read by nothing: metrics.csv has one row per epoch
+
+
 def config_from_dict(values: dict) -> Config:
-    """Rebuild a Config from `Config.to_dict()` output (a saved run or checkpoint), checking every key."""
+    """Rebuild a Config from `Config.to_dict()` output (a saved run or checkpoint), checking every key.
+
+    Older saves read the same: the sections of inactive families (saved before only the active one was) and
+    `REMOVED_KEYS` are ignored, and a model section without `freeze_backbone_norm` gets its `pretrained_backbone`
+    value (as any `model.pretrained_backbone` set alone does), the structure such a run trained in.
+    """
     config = Config()
-    for key, value in flatten(values).items():
-        set_value(config, key, value)
+    flat = {key: value for key, value in flatten(values).items() if key not in REMOVED_KEYS}
+    name = flat.get("model.name", config.model.name)
+    _set_all(config, [(key, value) for key, value in flat.items() if _family_of(key) in (None, name)])
     return config
 
 
@@ -514,6 +593,35 @@ def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _override_items(overrides: list[str] | dict[str, Any]) -> list[tuple[str, Any]]:
+    """(key, value) pairs of a dict or of "key=value" strings, in order."""
+    return list(overrides.items()) if isinstance(overrides, dict) else [_split(item) for item in overrides]
+
+
+def _family_of(key: str) -> str | None:
+    """The family whose section a dotted key is in ("model.centernet.nms_threshold" -> "centernet"), or None."""
+    parts = key.split(".")
+    return parts[1] if len(parts) >= 2 and parts[0] == "model" and parts[1] in MODELS else None
+
+
+def _set_all(config: Config, items: list[tuple[str, Any]]) -> None:
+    """Set `items` on `config` in place, `model.name` first: every family key is then checked against the family
+    the whole list selects, whatever the order the keys came in (and suggestions offer that family's keys).
+
+    `model.pretrained_backbone` without `model.freeze_backbone_norm` in the same list sets both: ImageNet
+    weights train with frozen batch norm, a backbone from scratch with batch norm training (and a saved config
+    from before the structure had its own key reads as the run trained)."""
+    names = [item for item in items if item[0] == "model.name"]
+    structure_given = any(key == "model.freeze_backbone_norm" for key, _ in items)
+    for key, value in [*names, *(item for item in items if item[0] != "model.name")]:
+        family = _family_of(key)
+        if family is not None and family != config.model.name and config.model.name in MODELS:
+            raise ConfigError(f"{key} does not apply to model.name={config.model.name} (its settings are model.{config.model.name}.*)")
+        set_value(config, key, value)
+        if key == "model.pretrained_backbone" and not structure_given:
+            config.model.freeze_backbone_norm = config.model.pretrained_backbone
 
 
 def _split(item: str) -> tuple[str, Any]:
@@ -583,4 +691,5 @@ def _suggest(word: str, candidates: Any) -> str:
 
 
 def _copy(config: Config) -> Config:
-    return config_from_dict(config.to_dict())
+    # Every section, the inactive families' too: `model.name=...` may switch to one of them.
+    return copy.deepcopy(config)

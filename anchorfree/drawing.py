@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.v2 import functional as F
 
-from anchorfree.checkpoint import atomic_write_bytes
+from anchorfree.files import atomic_write_bytes
 
 # One colour per class (cycled), none of them grey, which is kept for crowd / difficult (ignore) boxes.
 CLASS_COLOURS = (

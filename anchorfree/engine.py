@@ -1,4 +1,4 @@
-"""Training and evaluation loops, the run folder, and resuming.
+"""The training and evaluation loops, and resuming.
 
 `train(config)` reads the data, builds the model, and runs: warmup + cosine learning rate, gradient clipping,
 optional bf16 autocast, a progress bar, validation every N epochs with COCO metrics, `last` and `best`
@@ -6,50 +6,50 @@ checkpoints, a metrics.csv row per epoch with its curves in results.png, and the
 in plots/ (PR and F1 curves, confusion matrices, sample predictions, per_class.csv). Ctrl-C finishes the current
 step, saves `last` and exits; a second Ctrl-C stops at once. `--resume` continues from `last` exactly: the data order and every augmentation
 are functions of (seed, epoch, sample index), so a resumed run sees the same batches as an uninterrupted one.
+
+    train(config)
+      validate(config)                            every value, before any file is read
+      set up                                      `last` to resume (or a fresh model), optimizer, average, RunFolder
+      per epoch: train_one_epoch(...)             the steps -> EpochResult (its metrics row, finished or stopped)
+                 evaluate_and_keep_best(...)      every train.eval_every epochs: COCO metrics, `best`, plots/
+                 RunFolder: `last`, metrics.csv, results.png, TensorBoard
+
+Everything written into the run folder goes through its `RunFolder` (anchorfree/run_folder.py).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import signal
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 import anchorfree
 from anchorfree.checkpoint import (
     Checkpoint,
     CheckpointError,
-    atomic_write_text,
-    check_free_space_for_run,
-    check_metadata,
+    CheckpointMetadata,
     check_optimizer_state,
     check_state_dict,
     checkpoint_config,
     load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
 )
-from anchorfree.config import Config, dump_yaml, flatten, validate, with_absolute_paths
-from anchorfree.data.formats import check_same_classes, read_dataset, read_dataset_yaml
-from anchorfree.data.dataset import DetectionDataset, collate, scale_to_original
+from anchorfree.config import Config, flatten, validate, with_absolute_paths
+from anchorfree.data.dataset import DetectionDataset, EpochSampler, make_loader, scale_to_original
 from anchorfree.data.records import DetectionData, InvalidAnnotation
-from anchorfree.data.transforms import eval_transforms, largest_input, train_transforms
+from anchorfree.data.splits import evaluation_dataset, read_splits, training_dataset
 from anchorfree.evaluation import EvaluationResult, detections_to_coco_results, evaluate_coco
-from anchorfree.models import build_model, with_pretrained_structure
+from anchorfree.models import build_model
 from anchorfree.models.backbones import PretrainedWeightsUnavailable, warn_unavailable_once
-from anchorfree.plots import TensorBoardLogger, plot_results, write_evaluation_plots
+from anchorfree.run_folder import RunFolder
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -137,87 +137,6 @@ def weights_average(model: nn.Module, decay: float) -> AveragedModel:
     return AveragedModel(model, multi_avg_fn=ramped_update, use_buffers=True)
 
 
-class EpochSampler(Sampler[int]):
-    """A permutation of the dataset fixed by (seed, epoch), optionally starting part-way (for resuming)."""
-
-    def __init__(self, size: int, seed: int, epoch: int, start: int = 0) -> None:
-        self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
-        return iter(order[self.start :])
-
-    def __len__(self) -> int:
-        return self.size - self.start
-
-
-def read_split(config: Config, path: str, split: str, class_names: list[str] | None = None) -> DetectionData:
-    """One split of the configured data, in whatever format it is, with the data settings applied."""
-    data = config.data
-    return read_dataset(
-        path,
-        split,
-        data.format,
-        class_names or data.names or None,
-        data.images or None,
-        data.on_invalid,
-        data.trust_image_size,
-        data.max_image_pixels,
-    )
-
-
-def data_paths(config: Config) -> tuple[str, str]:
-    """(train, val) paths: `data.train` / `data.val`, or the splits of the `data.dataset` YAML."""
-    train, val = config.data.train, config.data.val
-    if config.data.dataset:
-        splits = read_dataset_yaml(config.data.dataset).splits
-        train = train or (str(config.data.dataset) if "train" in splits else "")
-        val = val or (str(config.data.dataset) if "val" in splits else "")
-    return train, val
-
-
-def read_splits(config: Config) -> tuple[DetectionData, DetectionData | None]:
-    """Read the train and (optional) val splits and check they agree on the classes, before any training."""
-    train_path, val_path = data_paths(config)
-    if not train_path:
-        raise InvalidAnnotation(
-            "no training data: set data.train (a COCO JSON file, a VOC or YOLO folder) or data.dataset (a dataset YAML)"
-        )
-    train_data = read_split(config, train_path, "train")
-    if not val_path:
-        return train_data, None
-    # VOC and YOLO name classes, not ids: the val split is read with the train split's classes, so a class that
-    # only val has is an error naming it. COCO splits carry their own categories, compared below.
-    val_data = read_split(config, val_path, "val", None if train_data.format == "coco" else train_data.class_names)
-    check_same_classes(train_data, val_data)
-    return train_data, val_data
-
-
-def make_loader(dataset: DetectionDataset, batch_size: int, workers: int, sampler: Sampler[int] | None = None) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate,
-        drop_last=False,
-        persistent_workers=False,
-    )
-
-
-def new_run_folder(project: str, name: str) -> Path:
-    """runs/<name>, or runs/<name>2, runs/<name>3... if taken, so a new run never overwrites an old one."""
-    root = Path(project)
-    root.mkdir(parents=True, exist_ok=True)
-    candidate, suffix = root / name, 2
-    while candidate.exists():
-        candidate, suffix = root / f"{name}{suffix}", suffix + 1
-    candidate.mkdir(parents=True)
-    return candidate
-
-
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
@@ -237,40 +156,15 @@ def predict_dataset(model: nn.Module, dataset: DetectionDataset, device: torch.d
     return results
 
 
-def evaluation_dataset(config: Config, data: DetectionData) -> DetectionDataset:
-    """A split as evaluation sees it: the config's deterministic resize (`data.val_size`, `data.resize`), no augmentation."""
-    size, max_size, resize = config.data.val_size, config.data.max_size, config.data.resize
-    return DetectionDataset(data, eval_transforms(size, max_size, resize=resize), largest_input(size, max_size, resize))
-
-
 def evaluate(model: nn.Module, data: DetectionData, config: Config, device: torch.device, progress: bool = True) -> tuple[EvaluationResult, list[dict]]:
-    """COCO metrics of `model` on `data` (pycocotools underneath), and the detections they were computed from."""
+    """COCO metrics of `model` (a `DetectionModel`) on `data` (pycocotools underneath), and the detections they
+    were computed from; at most `model.max_detections` per image count, as the model decodes them."""
     dataset = evaluation_dataset(config, data)
     detections = predict_dataset(model, dataset, device, config.train.batch_size, config.data.workers, config.train.amp, progress)
-    max_detections = getattr(config.model, config.model.name).max_detections
-    return evaluate_coco(data.coco_ground_truth(), detections, max_detections=max_detections), detections
+    return evaluate_coco(data.coco_ground_truth(), detections, max_detections=model.max_detections), detections
 
 
 # ------------------------------------------------------------------------------------------------- training
-
-
-def training_dataset(config: Config, data: DetectionData) -> DetectionDataset:
-    """The training split as the loop sees it: `data.*`'s resize mode, augmentation and mosaic, seeded by `train.seed`."""
-    data_config = config.data
-    size = max(data_config.train_sizes)
-    return DetectionDataset(
-        data,
-        train_transforms(
-            data_config.train_sizes, data_config.max_size, data_config.horizontal_flip, data_config.photometric,
-            resize=data_config.resize, scale_range=data_config.scale_range, min_box_size=data_config.min_box_size,
-        ),
-        largest_input(size, data_config.max_size, data_config.resize, data_config.scale_range),
-        seed=config.train.seed,
-        mosaic_probability=data_config.mosaic,
-        mosaic_size=size,
-        min_box_size=data_config.min_box_size,
-        cache_images=data_config.cache_images,
-    )
 
 
 @dataclass
@@ -317,20 +211,142 @@ class _StopSignal:
             signal.signal(signal_number, handler)
 
 
+@dataclass
+class EpochResult:
+    """What `train_one_epoch` did."""
+
+    finished: bool  # the epoch's last batch is done (False: a stop request or the time limit ended it early)
+    row: dict[str, Any]  # its metrics.csv row: epoch, step, lr, loss/<term> (mean per batch), images_per_second
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    average: AveragedModel | None,
+    dataset: DetectionDataset,
+    state: LoopState,
+    config: Config,
+    device: torch.device,
+    stop: _StopSignal,
+    last_checkpoint: Path,
+    progress: bool = True,
+) -> EpochResult:
+    """Train on the batches of epoch `state.epoch` that `state` has not done yet (all of them, unless resumed
+    mid-epoch), in the order `EpochSampler` fixes for the epoch, counting each step in `state`.
+
+    A step: the learning rate of `state.step` (`learning_rate_factor`, by elapsed time under a time limit), the
+    losses under autocast, their sum's backward pass, gradient clipping (`train.grad_clip`), the optimizer step
+    and the weights' `average`. After a step, a stop request (Ctrl-C, SIGTERM) or the time limit
+    (`train.time_limit`) ends the epoch early.
+    `state.epoch` is not advanced: whether the epoch counts as done is the caller's (`EpochResult.finished`).
+
+    Raises:
+        NonFiniteLoss: a NaN or inf loss, naming the iteration, the loss terms, the images and whether
+            `last_checkpoint` holds a good state to go on from; nothing is stepped or saved.
+    """
+    train_config = config.train
+    dataset.epoch = state.epoch
+    sampler = EpochSampler(len(dataset), train_config.seed, state.epoch, start=state.iteration * train_config.batch_size)
+    loader = make_loader(dataset, train_config.batch_size, config.data.workers, sampler)
+    total_steps = math.ceil(len(dataset) / train_config.batch_size) * train_config.epochs
+    model.train()
+    sums = state.epoch_loss_sums
+    bar = tqdm(
+        loader, total=len(loader), initial=0, desc=f"epoch {state.epoch + 1}/{train_config.epochs}",
+        disable=not progress, dynamic_ncols=True, leave=True,
+    )
+    step_start = time.perf_counter()
+    for images, targets in bar:
+        lr = _learning_rate(state, config, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images = [image.to(device, non_blocking=True) for image in images]
+        device_targets = [{key: (value.to(device) if isinstance(value, torch.Tensor) else value) for key, value in target.items()} for target in targets]
+        with autocast(device, train_config.amp):
+            losses = model(images, device_targets)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            terms = ", ".join(f"{name}={value.item():.4g}" for name, value in losses.items())
+            image_ids = [target["image_id"] for target in targets]
+            raise NonFiniteLoss(
+                f"non-finite loss at epoch {state.epoch + 1} iteration {state.iteration + 1} (step {state.step + 1}): {terms}; "
+                f"images {image_ids}. {_last_good(last_checkpoint)}; "
+                "lower train.lr or raise train.warmup_iters"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if train_config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+        optimizer.step()
+        if average is not None:
+            average.update_parameters(model)
+
+        now = time.perf_counter()
+        state.elapsed += now - step_start
+        state.epoch_seconds += now - step_start
+        step_start = now
+        state.step += 1
+        state.iteration += 1
+        state.epoch_images += len(images)
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + value.item()
+        images_per_second = state.epoch_images / max(state.epoch_seconds, 1e-9)
+        bar.set_postfix(
+            {**{name: f"{value / state.iteration:.3f}" for name, value in sums.items()},
+             "lr": f"{optimizer.param_groups[0]['lr']:.2e}", "img/s": f"{images_per_second:.1f}"},
+            refresh=False,
+        )
+        if stop.requested or _out_of_time(state, config):
+            break
+    bar.close()
+    # Means over the epoch's batches, those before a mid-epoch resume included (their sums are in `state`).
+    batches_done = max(state.iteration, 1)
+    row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, "lr": optimizer.param_groups[0]["lr"]}
+    row.update({f"loss/{name}": value / max(batches_done, 1) for name, value in sums.items()})
+    row["images_per_second"] = state.epoch_images / max(state.epoch_seconds, 1e-9)
+    return EpochResult(finished=state.iteration * train_config.batch_size >= len(dataset), row=row)
+
+
+def evaluate_and_keep_best(
+    model: nn.Module,
+    val_data: DetectionData,
+    config: Config,
+    device: torch.device,
+    state: LoopState,
+    run: RunFolder,
+    metadata: CheckpointMetadata,
+    progress: bool = True,
+) -> tuple[dict[str, float], bool]:
+    """Evaluate `model` (what `best` holds) after epoch `state.epoch`; on a new best mAP, record it in `state`,
+    save `model` as `best` (`metadata` with the epoch and the evaluation's metrics) and write its analysis to
+    plots/, so that plots/ always shows the `best` checkpoint's evaluation.
+
+    Returns the evaluation's stats (the metrics row's val/<stat> columns) and whether plots/ was written.
+    """
+    result, detections = evaluate(model, val_data, config, device, progress)
+    improved = result.stats["mAP"] > state.best_map
+    if improved:
+        state.best_map, state.best_epoch = result.stats["mAP"], state.epoch
+    tqdm.write(f"epoch {state.epoch}: mAP {result.stats['mAP']:.4f}  AP50 {result.stats['AP50']:.4f}  (best {state.best_map:.4f} at epoch {state.best_epoch})")
+    if not improved:
+        return result.stats, False
+    run.save_best(model, replace(metadata, epoch=state.epoch, metrics=result.to_dict()))
+    return result.stats, run.write_evaluation_plots(result, val_data, detections)
+
+
 def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> Path:
     """Train a detector as `config` says; return the run folder (config.yaml, metrics.csv, results.png, weights/,
-    and with validation data plots/, the analysis of the best evaluation; tensorboard/ with train.tensorboard)."""
+    and with validation data plots/, the analysis of the best evaluation; tensorboard/ with train.tensorboard).
+
+    With `resume` (a run folder or its weights/last.safetensors), continue that run from `last`, under the same
+    config but for run-length and machine keys (train.epochs, train.time_limit, train.device, train.threads,
+    data.workers, train.eval_every, train.tensorboard).
+    """
     # Every value is checked, and every path made absolute, before any file is read: the saved config then
     # means the same files from any working directory (val, predict, --resume).
     validate(config)
     config = with_absolute_paths(config)
-    checkpoint: Checkpoint | None = None
-    if resume is not None:
-        checkpoint = load_checkpoint(resume)
-        if checkpoint.optimizer_state is None:
-            raise CheckpointError(f"{checkpoint.path} holds weights only (a `best` file?); resume from weights/last.safetensors")
-        check_metadata(checkpoint.metadata, checkpoint.path, required=("config", "loop"))
-        _check_resume_config(checkpoint, config)
+    checkpoint = _checkpoint_to_resume(resume, config) if resume is not None else None
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
@@ -338,209 +354,151 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     _check_usable(train_data, "training")
     if val_data is not None:
         _check_usable(val_data, "validation")
-    num_classes = len(train_data.class_names)
 
-    torch.manual_seed(config.train.seed)
-    if checkpoint is not None:
-        # `last` holds every weight: build the same structure (the frozen-norm wrapper of a pretrained backbone)
-        # without fetching ImageNet weights, so an offline machine can resume.
-        model = with_pretrained_structure(build_model(replace(config.model, pretrained_backbone=False), num_classes), config.model)
-    else:
-        try:
-            model = build_model(config.model, num_classes)
-        except PretrainedWeightsUnavailable as error:
-            # Offline with an empty torchvision cache: warn once, then train from scratch, and record it in the
-            # config (config.yaml and every checkpoint) so that the run says what was trained.
-            warn_unavailable_once(error, "Training continues from scratch (model.pretrained_backbone=false).")
-            config = replace(config, model=replace(config.model, pretrained_backbone=False))
-            torch.manual_seed(config.train.seed)
-            model = build_model(config.model, num_classes)
+    config, model = _build_model(config, len(train_data.class_names), resuming=checkpoint is not None)
     model = model.to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
-    average: AveragedModel | None = None
-    state = LoopState()
-    history: list[dict[str, Any]] = []
     if checkpoint is not None:
-        check_state_dict(model, checkpoint.model_state, checkpoint.path, f"{config.model.name} on {config.model.backbone}")
-        check_optimizer_state(optimizer, checkpoint.optimizer_state, checkpoint.path)
-        model.load_state_dict(checkpoint.model_state)
-        if config.train.ema_decay > 0 and "ema_state" in checkpoint.extra:
-            average = weights_average(model, config.train.ema_decay)
-            average.load_state_dict(checkpoint.extra["ema_state"])
-        optimizer.load_state_dict(checkpoint.optimizer_state)
-        state = _loop_state(checkpoint)
-        run_folder = checkpoint.path.parent.parent
-        history = _resumed_history(checkpoint, run_folder / "metrics.csv", state.epoch)
+        average, state = _restore(checkpoint, config, model, optimizer)
+        run = RunFolder.of_checkpoint(checkpoint.path, config.train.tensorboard)
+        history = run.resumed_history(checkpoint, state.epoch)
     else:
-        run_folder = new_run_folder(config.train.project, config.train.name or config.preset or config.model.name)
+        average, state, history = None, LoopState(), []
+        run = RunFolder.create(config.train.project, config.train.name or config.preset or config.model.name, config.train.tensorboard)
     if config.train.ema_decay > 0 and average is None:
         average = weights_average(model, config.train.ema_decay)
     # What evaluation scores and `best` holds: the weights' average when there is one, else the weights.
     evaluated = average.module if average is not None else model
-    weights_folder = run_folder / "weights"
-    weights_folder.mkdir(exist_ok=True)
-    remove_stale_temporaries(weights_folder)
-    remove_stale_temporaries(run_folder)
-    check_free_space_for_run(weights_folder, _checkpoint_sizes(model, config))
-    atomic_write_text(run_folder / "config.yaml", dump_yaml(config))
+    run.prepare(_checkpoint_sizes(model, config))
+    run.write_config(config)
     if checkpoint is not None:
         # A kill between `last` and metrics.csv leaves the file a row behind or a row ahead: `last` is the truth.
-        _write_metrics(run_folder / "metrics.csv", history)
+        run.write_metrics(history)
 
     dataset = training_dataset(config, train_data)
-    batches_per_epoch = math.ceil(len(dataset) / config.train.batch_size)
-    total_steps = batches_per_epoch * config.train.epochs
-    time_limit = config.train.time_limit * 60.0
-    metadata_base = {
-        "config": config.to_dict(),
-        "class_names": train_data.class_names,
-        "category_ids": train_data.category_ids,
-        "anchorfree_version": anchorfree.__version__,
-        "torch_version": torch.__version__,
-    }
-    metrics_rows = history
-
-    def save(name: str, with_optimizer: bool, extra: dict[str, Any] | None = None) -> None:
-        metadata = {**metadata_base, "loop": state.to_dict(), "epoch": state.epoch, **(extra or {})}
-        if with_optimizer:
-            # The metrics rows of every finished epoch travel with `last`, so metrics.csv can be rebuilt from it.
-            metadata["history"] = metrics_rows
-        if with_optimizer:
-            # `last` resumes training: the trained weights, the optimizer and the average (in its own tensors).
-            save_checkpoint(weights_folder / f"{name}.safetensors", model, metadata, optimizer, average)
-        else:
-            save_checkpoint(weights_folder / f"{name}.safetensors", evaluated, metadata)
-
-    def out_of_time() -> bool:
-        return time_limit > 0 and state.elapsed >= time_limit
-
-    plots_folder = run_folder / "plots"
-    failed_plots: set[str] = set()
-
-    def plot(what: str, draw: Callable[[], Any]) -> bool:
-        """Draw a figure; a failure warns once per figure and training goes on."""
-        try:
-            draw()
-            return True
-        # Any exception: figures are a convenience, and a matplotlib, font or disk problem in one of them must
-        # not end a run of hours. KeyboardInterrupt is not an Exception, so Ctrl-C still stops at once.
-        except Exception as error:  # noqa: BLE001
-            if what not in failed_plots:
-                failed_plots.add(what)
-                warnings.warn(f"could not write {what} in {run_folder} ({type(error).__name__}: {error}); training goes on", stacklevel=2)
-            return False
-
-    with _StopSignal() as stop, TensorBoardLogger(run_folder / "tensorboard", enabled=config.train.tensorboard) as tensorboard:
-        while state.epoch < config.train.epochs and not out_of_time():
-            dataset.epoch = state.epoch
-            sampler = EpochSampler(len(dataset), config.train.seed, state.epoch, start=state.iteration * config.train.batch_size)
-            loader = make_loader(dataset, config.train.batch_size, config.data.workers, sampler)
-            model.train()
-            sums = state.epoch_loss_sums
-            bar = tqdm(
-                loader, total=len(loader), initial=0, desc=f"epoch {state.epoch + 1}/{config.train.epochs}",
-                disable=not progress, dynamic_ncols=True, leave=True,
-            )
-            step_start = time.perf_counter()
-            step_points = [epoch / config.train.epochs for epoch in config.train.lr_steps]
-            for images, targets in bar:
-                # Under a time limit the schedule follows whichever runs out first: time or epochs.
-                progress_fraction = state.step / max(total_steps, 1)
-                if time_limit > 0:
-                    progress_fraction = max(progress_fraction, state.elapsed / time_limit)
-                factor = learning_rate_factor(
-                    state.step, progress_fraction, config.train.warmup_iters, config.train.warmup_factor, config.train.final_lr_ratio,
-                    config.train.lr_schedule, step_points,
-                )
-                for group in optimizer.param_groups:
-                    group["lr"] = config.train.lr * factor
-                images = [image.to(device, non_blocking=True) for image in images]
-                device_targets = [{key: (value.to(device) if isinstance(value, torch.Tensor) else value) for key, value in target.items()} for target in targets]
-                with autocast(device, config.train.amp):
-                    losses = model(images, device_targets)
-                total = sum(losses.values())
-                if not torch.isfinite(total):
-                    terms = ", ".join(f"{name}={value.item():.4g}" for name, value in losses.items())
-                    image_ids = [target["image_id"] for target in targets]
-                    raise NonFiniteLoss(
-                        f"non-finite loss at epoch {state.epoch + 1} iteration {state.iteration + 1} (step {state.step + 1}): {terms}; "
-                        f"images {image_ids}. {_last_good(weights_folder / 'last.safetensors')}; "
-                        "lower train.lr or raise train.warmup_iters"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if config.train.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-                optimizer.step()
-                if average is not None:
-                    average.update_parameters(model)
-
-                now = time.perf_counter()
-                state.elapsed += now - step_start
-                state.epoch_seconds += now - step_start
-                step_start = now
-                state.step += 1
-                state.iteration += 1
-                state.epoch_images += len(images)
-                for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + value.item()
-                images_per_second = state.epoch_images / max(state.epoch_seconds, 1e-9)
-                bar.set_postfix(
-                    {**{name: f"{value / state.iteration:.3f}" for name, value in sums.items()},
-                     "lr": f"{optimizer.param_groups[0]['lr']:.2e}", "img/s": f"{images_per_second:.1f}"},
-                    refresh=False,
-                )
-                if stop.requested or out_of_time():
-                    break
-            bar.close()
-            batches_done = max(state.iteration, 1)
-            epoch_finished = state.iteration * config.train.batch_size >= len(dataset)
-            if stop.requested and not epoch_finished:
-                save("last", with_optimizer=True)
-                raise TrainingInterrupted(f"training stopped at epoch {state.epoch + 1} iteration {state.iteration}; resume with: anchorfree train --resume {run_folder}")
-            row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, "lr": optimizer.param_groups[0]["lr"]}
-            row.update({f"loss/{name}": value / max(batches_done, 1) for name, value in sums.items()})
-            row["images_per_second"] = state.epoch_images / max(state.epoch_seconds, 1e-9)
+    # What every checkpoint of the run says; each save adds its epoch (`last`: the loop and history, `best`: metrics).
+    metadata = CheckpointMetadata(
+        config=config.to_dict(),
+        class_names=list(train_data.class_names),
+        category_ids=list(train_data.category_ids),
+        anchorfree_version=anchorfree.__version__,
+        torch_version=torch.__version__,
+        world_size=1,
+    )
+    with _StopSignal() as stop, run:
+        while state.epoch < config.train.epochs and not _out_of_time(state, config):
+            epoch = train_one_epoch(model, optimizer, average, dataset, state, config, device, stop, run.last_checkpoint, progress)
+            if stop.requested and not epoch.finished:
+                run.save_last(model, optimizer, average, _last_metadata(metadata, state, history))
+                raise TrainingInterrupted(f"training stopped at epoch {state.epoch + 1} iteration {state.iteration}; resume with: anchorfree train --resume {run.path}")
+            row = epoch.row
             state.epoch += 1
             state.iteration = 0
             state.epoch_loss_sums, state.epoch_images, state.epoch_seconds = {}, 0, 0.0
-            last_epoch = state.epoch >= config.train.epochs or out_of_time() or stop.requested
+            last_epoch = state.epoch >= config.train.epochs or _out_of_time(state, config) or stop.requested
             new_plots = False
             if val_data is not None and (state.epoch % config.train.eval_every == 0 or last_epoch):
-                result, detections = evaluate(evaluated, val_data, config, device, progress)
-                row.update({f"val/{name}": value for name, value in result.stats.items()})
-                improved = result.stats["mAP"] > state.best_map
-                if improved:
-                    state.best_map, state.best_epoch = result.stats["mAP"], state.epoch
-                tqdm.write(f"epoch {state.epoch}: mAP {result.stats['mAP']:.4f}  AP50 {result.stats['AP50']:.4f}  (best {state.best_map:.4f} at epoch {state.best_epoch})")
-                if improved:
-                    save("best", with_optimizer=False, extra={"metrics": result.to_dict()})
-                    # Only on a new best: plots/ always shows the analysis of the `best` checkpoint.
-                    ground_truth = val_data.coco_ground_truth()
-                    new_plots = plot("plots/", lambda: write_evaluation_plots(result, ground_truth, detections, val_data, plots_folder))
+                stats, new_plots = evaluate_and_keep_best(evaluated, val_data, config, device, state, run, metadata, progress)
+                row.update({f"val/{name}": value for name, value in stats.items()})
             elif val_data is None:
-                save("best", with_optimizer=False)
-            metrics_rows.append(row)
+                run.save_best(evaluated, replace(metadata, epoch=state.epoch))
+            history.append(row)
             # `last` first, metrics.csv after: a kill between them leaves a row that the resume rewrites from
             # `last`'s history, never a duplicate.
-            save("last", with_optimizer=True)
-            _write_metrics(run_folder / "metrics.csv", metrics_rows)
-            plot("results.png", lambda: plot_results(run_folder / "metrics.csv", run_folder / "results.png"))
-            tensorboard.log_scalars(row, state.epoch)
-            if new_plots:
-                tensorboard.log_image("val_predictions", plots_folder / "val_predictions.png", state.epoch)
+            run.save_last(model, optimizer, average, _last_metadata(metadata, state, history))
+            run.write_metrics(history)
+            run.write_results_plot()
+            run.log_epoch(row, state.epoch, predictions=new_plots)
             if stop.requested:
-                raise TrainingInterrupted(f"training stopped after epoch {state.epoch}; resume with: anchorfree train --resume {run_folder}")
-    return run_folder
+                raise TrainingInterrupted(f"training stopped after epoch {state.epoch}; resume with: anchorfree train --resume {run.path}")
+    return run.path
+
+
+# ------------------------------------------------------------------------------------------ parts of the set-up
+
+
+def _checkpoint_to_resume(resume: str | Path, config: Config) -> Checkpoint:
+    """The `last` checkpoint `resume` names, refused (CheckpointError) unless it holds the training state and was
+    saved under `config`, but for the keys `_check_resume_config` allows; read before any data is."""
+    checkpoint = load_checkpoint(resume)
+    if checkpoint.optimizer_state is None:
+        raise CheckpointError(f"{checkpoint.path} holds weights only (a `best` file?); resume from weights/last.safetensors")
+    checkpoint.metadata.require(checkpoint.path, "config", "loop")
+    _check_resume_config(checkpoint, config)
+    return checkpoint
+
+
+def _build_model(config: Config, num_classes: int, resuming: bool) -> tuple[Config, nn.Module]:
+    """The model to train, seeded by `train.seed`, and the config it was built under.
+
+    Resuming, `last` holds every weight: the saved structure (model.freeze_backbone_norm) is built without
+    fetching ImageNet weights, so an offline machine can resume. A fresh run that cannot fetch them (offline with
+    an empty torchvision cache) warns once and trains from scratch, and the returned config says so
+    (model.pretrained_backbone=false, model.freeze_backbone_norm=false: config.yaml and every checkpoint then
+    say what was trained; batch norm trains too, as frozen at its random initial values it would never learn).
+    """
+    torch.manual_seed(config.train.seed)
+    if resuming:
+        return config, build_model(replace(config.model, pretrained_backbone=False), num_classes)
+    try:
+        return config, build_model(config.model, num_classes)
+    except PretrainedWeightsUnavailable as error:
+        warn_unavailable_once(error, "Training continues from scratch (model.pretrained_backbone=false, model.freeze_backbone_norm=false).")
+        config = replace(config, model=replace(config.model, pretrained_backbone=False, freeze_backbone_norm=False))
+        torch.manual_seed(config.train.seed)
+        return config, build_model(config.model, num_classes)
+
+
+def _restore(checkpoint: Checkpoint, config: Config, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[AveragedModel | None, LoopState]:
+    """Load `last`'s weights and optimizer state into `model` and `optimizer`, each checked to fit first; return
+    its weights' average (None when it holds none or `train.ema_decay` is 0) and its loop position."""
+    check_state_dict(model, checkpoint.model_state, checkpoint.path, f"{config.model.name} on {config.model.backbone}")
+    check_optimizer_state(optimizer, checkpoint.optimizer_state, checkpoint.path)
+    model.load_state_dict(checkpoint.model_state)
+    average = None
+    if config.train.ema_decay > 0 and "ema_state" in checkpoint.extra:
+        average = weights_average(model, config.train.ema_decay)
+        average.load_state_dict(checkpoint.extra["ema_state"])
+    optimizer.load_state_dict(checkpoint.optimizer_state)
+    return average, _loop_state(checkpoint)
+
+
+# ---------------------------------------------------------------------------------------- parts of the loop
+
+
+def _learning_rate(state: LoopState, config: Config, total_steps: int) -> float:
+    """`train.lr` times `learning_rate_factor` at `state`'s step; under a time limit the schedule follows whichever
+    runs out first: time or epochs."""
+    train_config = config.train
+    progress_fraction = state.step / max(total_steps, 1)
+    if train_config.time_limit > 0:
+        progress_fraction = max(progress_fraction, state.elapsed / (train_config.time_limit * 60.0))
+    step_points = [epoch / train_config.epochs for epoch in train_config.lr_steps]
+    factor = learning_rate_factor(
+        state.step, progress_fraction, train_config.warmup_iters, train_config.warmup_factor, train_config.final_lr_ratio,
+        train_config.lr_schedule, step_points,
+    )
+    return train_config.lr * factor
+
+
+def _out_of_time(state: LoopState, config: Config) -> bool:
+    """`train.time_limit` (minutes; 0: none) is used up."""
+    time_limit = config.train.time_limit * 60.0
+    return time_limit > 0 and state.elapsed >= time_limit
+
+
+def _last_metadata(metadata: CheckpointMetadata, state: LoopState, history: list[dict[str, Any]]) -> CheckpointMetadata:
+    """`last`'s metadata: `metadata`, the epoch, the loop position, and the metrics rows of every finished epoch
+    (so that metrics.csv can be rebuilt from it)."""
+    return replace(metadata, epoch=state.epoch, loop=state.to_dict(), history=history)
 
 
 def _check_resume_config(checkpoint: Checkpoint, requested: Config) -> None:
     """Refuse to resume under a different config, except for keys that do not change the run's meaning."""
     allowed = {
-        "train.epochs", "train.time_limit", "train.device", "train.threads", "data.workers", "train.eval_every", "train.log_every",
-        "train.tensorboard",
+        "train.epochs", "train.time_limit", "train.device", "train.threads", "data.workers", "train.eval_every", "train.tensorboard",
     }
     # Relative paths of a checkpoint written before paths were saved absolute mean the working directory's.
     saved_config = with_absolute_paths(checkpoint_config(checkpoint))
@@ -575,7 +533,8 @@ def _check_usable(data: DetectionData, role: str) -> None:
 
 def _loop_state(checkpoint: Checkpoint) -> LoopState:
     """`last`'s loop position as a LoopState, each field type-checked (CheckpointError naming the file and key)."""
-    loop = checkpoint.metadata["loop"]
+    checkpoint.metadata.require(checkpoint.path, "loop")
+    loop = checkpoint.metadata.loop
     fields = {item.name: item.type for item in dataclasses.fields(LoopState)}
     unknown = sorted(set(loop) - set(fields))
     if unknown:
@@ -592,19 +551,6 @@ def _loop_state(checkpoint: Checkpoint) -> LoopState:
     return LoopState(**loop)
 
 
-def _resumed_history(checkpoint: Checkpoint, metrics_file: Path, epochs_done: int) -> list[dict[str, Any]]:
-    """One metrics row per finished epoch: `last`'s own history, or (older checkpoints) metrics.csv's rows up
-    to `last`'s epoch, the newest row of each epoch kept."""
-    if "history" in checkpoint.metadata:
-        return [dict(row) for row in checkpoint.metadata["history"]]
-    rows_by_epoch: dict[int, dict[str, Any]] = {}
-    for row in _read_metrics(metrics_file):
-        epoch = str(row.get("epoch", ""))
-        if epoch.isdigit() and 1 <= int(epoch) <= epochs_done:
-            rows_by_epoch[int(epoch)] = row
-    return [rows_by_epoch[epoch] for epoch in sorted(rows_by_epoch)]
-
-
 def _checkpoint_sizes(model: nn.Module, config: Config) -> dict[str, int]:
     """Expected bytes of `last` (weights + optimizer buffers: SGD momentum 1x, AdamW 2x the trainable weights)
     and `best` (weights), for the free-space check before training."""
@@ -613,22 +559,3 @@ def _checkpoint_sizes(model: nn.Module, config: Config) -> dict[str, int]:
     buffers = 2 if config.train.optimizer == "adamw" else (1 if config.train.momentum > 0 else 0)
     average = weights if config.train.ema_decay > 0 else 0  # `last` also holds the weights' average
     return {"last": weights + buffers * trainable + average, "best": weights}
-
-
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: (f"{value:.6g}" if isinstance(value, float) else value) for key, value in row.items()})
-    atomic_write_text(path, buffer.getvalue())
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return [dict(row) for row in csv.DictReader(handle)]

@@ -21,8 +21,6 @@ import copy
 import io
 import csv
 import math
-import os
-import tempfile
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,6 +30,8 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from anchorfree.files import atomic_write_text
 
 STAT_NAMES = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
@@ -144,19 +144,11 @@ class EvaluationResult:
         summary_names = ("mAP", *PER_CLASS_METRICS[1:])  # the summary's AP@[.5:.95] is called mAP
         rows.append(["all", "all", sum(row["num_gt"] for row in self.per_class), self.num_detections,
                      *(self.stats.get(name, float("nan")) for name in summary_names)])
-        # A temporary file in the same folder and os.replace: a reader never sees half a file.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile("w", newline="", encoding="utf-8", dir=path.parent,
-                                             prefix=f".{path.name}.", suffix=".tmp", delete=False)
-        try:
-            with handle:
-                writer = csv.writer(handle)
-                writer.writerow(PER_CLASS_CSV_COLUMNS)
-                writer.writerows([_csv_cell(value) for value in row] for row in rows)
-            os.replace(handle.name, path)
-        finally:
-            if os.path.exists(handle.name):
-                os.unlink(handle.name)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(PER_CLASS_CSV_COLUMNS)
+        writer.writerows([_csv_cell(value) for value in row] for row in rows)
+        atomic_write_text(path, buffer.getvalue())  # a reader never sees half a file
         return path
 
 

@@ -4,11 +4,13 @@
     image, target = network_input(data, index, config)              # the config's evaluation transform
     drawn = draw_targets(model, image, target, data.class_names, "runs/targets/000000_fcos.png")
 
-Every target comes from the family's own public builder, called as the model's training step calls it:
-`fcos.assign_targets` and `fcos.centerness_targets`, `centernet.centernet_targets`, `cornernet.cornernet_targets`.
-The maps they fill have the shapes of the model's own head outputs for this input (`head_outputs`), so nothing
-here re-derives strides or feature sizes. With `predictions=True` the model's head maps for the same input sit
-beside the targets, with its detections from the eval-mode forward (the one decode path).
+The model is used only through its contract (`anchorfree.models.detector.DetectionModel`): the targets drawn are
+what `model.training_targets(model.head_outputs(batch), ...)` returns, the very targets its loss sees in training
+(FCOS: `fcos.assign_targets`, whose positives are weighted by `fcos.centerness_targets` as `fcos_loss` weights
+them; CenterNet: `centernet.centernet_targets`; CornerNet: `cornernet.cornernet_targets`), on the maps of its own
+head outputs for this input. A map's stride is the padded input's size over the map's. With `predictions=True`
+the model's head maps for the same input sit beside the targets, with its detections from the eval-mode forward
+(the one decode path). The drawing is picked by `model.family` in `TARGET_DRAWINGS`.
 
 Images are the de-normalised network input (resized, letterboxed when the config letterboxes); coordinates are
 its pixels. Figures use matplotlib's object API (Figure + FigureCanvasAgg, no pyplot state); PNGs are written
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +37,10 @@ from matplotlib.patches import Patch, Rectangle
 from anchorfree.drawing import IGNORE_COLOUR, class_colour, save_figure, unit_rgb
 from anchorfree.config import Config
 from anchorfree.data.records import DetectionData
+from anchorfree.data.splits import evaluation_dataset
 from anchorfree.data.transforms import denormalize
-from anchorfree.engine import evaluation_dataset
 from anchorfree.models import centernet, cornernet, fcos
-from anchorfree.models.detector import batch_images
+from anchorfree.models.detector import DetectionModel, batch_images
 from anchorfree.outputs import data_inputs, refuse_overwriting_inputs, unique_output_names
 from anchorfree.ops.boxes import boxes_to_distances
 
@@ -117,26 +120,28 @@ def draw_targets(
     """Draw the training targets of `model`'s family for one network input (and, with `predictions`, its outputs).
 
     Args:
-        model: an `FCOS`, `CenterNet` or `CornerNet` (its config gives the target settings; its head outputs give
-            the map shapes). Its weights matter only with `predictions`.
+        model: a `DetectionModel` of a family in `TARGET_DRAWINGS` (its `training_targets` give the targets, its
+            `head_outputs` the maps they fill). Its weights matter only with `predictions`.
         image: (3, H, W) normalised network input; target: its "boxes" (M, 4) in input pixels, "labels" (M,),
             "iscrowd" (M,) optional.
         class_names: in label order.
         out_png: the PNG to write (atomically).
         predictions: also draw the model's head maps and its detections above `score_threshold`.
         The model is put in eval mode and run on the input (also without `predictions`: its head outputs give
-        the shapes of the maps the targets fill).
+        the maps the targets fill).
 
     Returns:
         What was drawn, per family (see `draw_fcos_targets`, `draw_centernet_targets`, `draw_cornernet_targets`).
+
+    Raises:
+        TypeError: `model` is not a `DetectionModel`. ValueError: its family has no drawing.
     """
-    if isinstance(model, fcos.FCOS):
-        return draw_fcos_targets(model, image, target, class_names, out_png, predictions, score_threshold)
-    if isinstance(model, centernet.CenterNet):
-        return draw_centernet_targets(model, image, target, class_names, out_png, predictions, score_threshold)
-    if isinstance(model, cornernet.CornerNet):
-        return draw_cornernet_targets(model, image, target, class_names, out_png, predictions, score_threshold)
-    raise TypeError(f"no target drawing for {type(model).__name__}; the families are FCOS, CenterNet and CornerNet")
+    if not isinstance(model, DetectionModel):
+        raise TypeError(f"no target drawing for {type(model).__name__}: it is not a detection model (anchorfree.models.detector.DetectionModel)")
+    drawing = TARGET_DRAWINGS.get(model.family)
+    if drawing is None:
+        raise ValueError(f"no target drawing for the {model.family!r} family; the families with one are {', '.join(TARGET_DRAWINGS)}")
+    return drawing(model, image, target, class_names, out_png, predictions, score_threshold)
 
 
 def write_targets(
@@ -185,18 +190,21 @@ def draw_fcos_targets(
          "boxes" (K, 4) the box each regresses, "labels" (K,), "level_strides", "predictions" bool,
          "detections" (with predictions)}.
     """
-    config = model.config
-    outputs, image_size, detections = _run_model(model, image, predictions)
-    class_logits, _, centerness_logits, locations = outputs
+    run = _run_model(model, image, target, predictions)
+    boxes, labels, iscrowd, image_size, detections = run.boxes, run.labels, run.iscrowd, run.image_size, run.detections
+    class_logits, _, centerness_logits, locations = run.outputs
+    point_labels, point_boxes = run.targets[0][0], run.targets[1][0]  # (1, P) -> (P,), (1, P, 4) -> (P, 4)
     device = locations.points.device
-    boxes, labels, iscrowd = _target_tensors(target, device)
-    point_labels, point_boxes = fcos.assign_targets(locations, boxes, labels, iscrowd, config.center_sampling_radius)
     positive = point_labels >= 0  # (P,)
     points = locations.points[positive]  # (K, 2)
+    # The weight `fcos_loss` gives each positive (its box loss, and its centerness target).
     centerness = fcos.centerness_targets(boxes_to_distances(points, point_boxes[positive]))  # (K,)
     level_sizes = torch.tensor(locations.level_sizes, device=device)
     point_levels = torch.repeat_interleave(torch.arange(len(locations.level_sizes), device=device), level_sizes)  # (P,)
-    strides = [int(stride) for stride in model.strides]
+    # Each level's stride and size range, read at its first location.
+    level_starts = np.cumsum([0, *locations.level_sizes[:-1]]).tolist()
+    strides = [int(locations.strides[start]) for start in level_starts]
+    size_ranges = [locations.size_ranges[start].tolist() for start in level_starts]  # [low, high] px per level
     drawn: dict[str, Any] = {
         "positives": int(positive.sum()),
         "ignored": int((point_labels == fcos.IGNORE).sum()),
@@ -243,14 +251,13 @@ def draw_fcos_targets(
             target_axes.plot([x, end_x], [y, end_y], color=colour, linewidth=0.8)
         target_axes.scatter([x], [y], s=40, facecolors="none", edgecolors="white", linewidths=1.0)
 
-    bounds = [0.0, *config.size_boundaries, math.inf]
     handles: list[Any] = []
-    for level, stride in enumerate(strides):
+    for level, (stride, (low, high)) in enumerate(zip(strides, size_ranges)):
         count = int((levels == level).sum())
-        high = "inf" if math.isinf(bounds[level + 1]) else f"{bounds[level + 1]:g}"
+        high_text = "inf" if math.isinf(high) else f"{high:g}"
         handles.append(
             Line2D([], [], marker="o", linestyle="", color=LEVEL_COLOURS[level % len(LEVEL_COLOURS)],
-                   label=f"P{int(math.log2(stride))} /{stride}: max(l,t,r,b) {bounds[level]:g}-{high} px, {count}")
+                   label=f"P{int(math.log2(stride))} /{stride}: max(l,t,r,b) {low:g}-{high_text} px, {count}")
         )
     if drawn["ignored"]:
         handles.append(Line2D([], [], marker="x", linestyle="", color=unit_rgb(IGNORE_COLOUR), label=f"ignore (crowd), {drawn['ignored']}"))
@@ -302,15 +309,12 @@ def draw_centernet_targets(
          px, "encoded_boxes" (M, 4) px, "labels" (M,), "predictions" bool, "predicted_heatmap" and "detections"
          (with predictions)}.
     """
-    config = model.config
-    (heatmap_logits, _, _), image_size, detections = _run_model(model, image, predictions)
-    boxes, labels, iscrowd = _target_tensors(target, heatmap_logits.device)
+    run = _run_model(model, image, target, predictions)
+    boxes, labels, iscrowd, image_size, detections = run.boxes, run.labels, run.iscrowd, run.image_size, run.detections
+    heatmap_logits = run.outputs[0]  # (1, C, h, w)
+    targets = run.targets[0]  # the image's CenterNetTargets
     output_size = tuple(heatmap_logits.shape[-2:])
-    targets = centernet.centernet_targets(
-        boxes, labels, model.num_classes, output_size, model.stride,
-        config.radius_formula, config.min_overlap, config.max_objects, iscrowd,
-    )
-    stride, width = model.stride, output_size[1]
+    stride, width = _map_stride(run.batch_size, output_size), output_size[1]
     cells = torch.stack([targets.indices % width, targets.indices // width], dim=1).float()  # (M, 2) x, y
     centres = (cells + targets.offsets) * stride  # (M, 2) px
     half_sizes = targets.sizes * stride / 2  # (M, 2) px
@@ -374,15 +378,12 @@ def draw_cornernet_targets(
          px, "predictions" bool, "predicted_top_left", "predicted_bottom_right" (h, w) and "detections" (with
          predictions)}.
     """
-    config = model.config
-    (top_left_outputs, bottom_right_outputs), image_size, detections = _run_model(model, image, predictions)
-    boxes, labels, iscrowd = _target_tensors(target, top_left_outputs[0].device)
+    run = _run_model(model, image, target, predictions)
+    boxes, labels, iscrowd, image_size, detections = run.boxes, run.labels, run.iscrowd, run.image_size, run.detections
+    top_left_outputs, bottom_right_outputs = run.outputs.top_left, run.outputs.bottom_right
+    targets = run.targets[0]  # the image's CornerNetTargets
     output_size = tuple(top_left_outputs[0].shape[-2:])
-    targets = cornernet.cornernet_targets(
-        boxes, labels, model.num_classes, output_size, model.stride,
-        config.radius_formula, config.min_overlap, config.max_objects, iscrowd,
-    )
-    stride, width = model.stride, output_size[1]
+    stride, width = _map_stride(run.batch_size, output_size), output_size[1]
 
     def corner_pixels(indices: torch.Tensor, offsets: torch.Tensor) -> np.ndarray:
         cells = torch.stack([indices % width, indices // width], dim=1).float()  # (M, 2) x, y
@@ -426,20 +427,50 @@ def draw_cornernet_targets(
     return drawn
 
 
+# The drawing of each family, by `DetectionModel.family` (the keys of anchorfree.models.MODELS): a plain dict.
+TARGET_DRAWINGS: dict[str, Callable[..., dict[str, Any]]] = {
+    "fcos": draw_fcos_targets,
+    "centernet": draw_centernet_targets,
+    "cornernet": draw_cornernet_targets,
+}
+
+
 # ---------------------------------------------------------------------------------------------------- shared
 
 
-def _run_model(
-    model: torch.nn.Module, image: torch.Tensor, predictions: bool
-) -> tuple[Any, tuple[int, int], dict[str, torch.Tensor] | None]:
-    """The model's head outputs for one image (padded as the model pads), the image's (H, W), and, with
-    `predictions`, its eval-mode detections."""
+@dataclass
+class _ModelRun:
+    """One network input through the model's contract: everything a drawing reads."""
+
+    outputs: Any  # model.head_outputs(batch) of the padded one-image batch
+    targets: Any  # model.training_targets(outputs, [target], [image_size]): what the loss would see
+    boxes: torch.Tensor  # (M, 4) the target's boxes, input pixels, on the model's device
+    labels: torch.Tensor  # (M,) int64
+    iscrowd: torch.Tensor  # (M,) bool
+    image_size: tuple[int, int]  # (H, W) of the image
+    batch_size: tuple[int, int]  # (H, W) of the padded batch
+    detections: dict[str, torch.Tensor] | None  # with predictions: the eval-mode forward's, on the CPU
+
+
+def _run_model(model: torch.nn.Module, image: torch.Tensor, target: dict[str, Any], predictions: bool) -> _ModelRun:
+    """The model's head outputs and training targets for one image (padded as the model pads) and, with
+    `predictions`, its eval-mode detections. The model is put in eval mode."""
     model.eval()
     device = next(model.parameters()).device
+    boxes, labels, iscrowd = _target_tensors(target, device)
     batch, image_sizes = batch_images([image.to(device)], model.size_divisor)
     outputs = model.head_outputs(batch)
+    targets = model.training_targets(outputs, [{"boxes": boxes, "labels": labels, "iscrowd": iscrowd}], image_sizes)
     detections = {name: value.cpu() for name, value in model([image.to(device)])[0].items()} if predictions else None
-    return outputs, image_sizes[0], detections
+    return _ModelRun(outputs, targets, boxes, labels, iscrowd, image_sizes[0], tuple(batch.shape[-2:]), detections)
+
+
+def _map_stride(batch_size: tuple[int, int], map_size: tuple[int, int]) -> int:
+    """Input pixels per cell of a head map: the padded batch's (H, W) over the map's (the model pads to a multiple)."""
+    stride = batch_size[1] // map_size[1]
+    if (map_size[0] * stride, map_size[1] * stride) != tuple(batch_size):
+        raise ValueError(f"a head map of {map_size[0]}x{map_size[1]} cells does not tile the {batch_size[0]}x{batch_size[1]} input")
+    return stride
 
 
 def _target_tensors(target: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

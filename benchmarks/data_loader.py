@@ -20,9 +20,9 @@ import time
 import torch
 
 from anchorfree.config import apply_overrides, get_preset
-from anchorfree.data.dataset import DetectionDataset
+from anchorfree.data.dataset import DetectionDataset, EpochSampler, make_loader
 from anchorfree.data.formats import read_dataset
-from anchorfree.engine import EpochSampler, make_loader, training_dataset
+from anchorfree.data.splits import training_dataset
 from anchorfree.models import build_model
 from train_eval import dataset_paths, install_imagenet_weights
 

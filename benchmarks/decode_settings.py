@@ -32,8 +32,8 @@ def main() -> None:
     parser.add_argument("--flip", choices=["off", "on", "both"], default="both")
     args = parser.parse_args()
 
-    detector = anchorfree.load(args.run / "weights" / "best.safetensors", device="cpu")
-    family = detector.config.model.name
+    weights = args.run / "weights" / "best.safetensors"
+    family = anchorfree.load(weights, device="cpu").config.model.name
     if family not in ("centernet", "cornernet"):
         raise SystemExit(f"{args.run} is a {family} run; only CenterNet and CornerNet have these test-time settings")
     _, val_json = dataset_paths(args.dataset)
@@ -48,11 +48,13 @@ def main() -> None:
     rows = []
     for flip_test in flips:
         for nms_threshold, soft_nms_sigma in settings:
+            # The same weights, loaded with these test-time settings (the checkpoint's others unchanged).
+            overrides = {f"model.{family}.nms_threshold": nms_threshold}
             if family == "centernet":
-                detector.model.config.flip_test = flip_test
+                overrides["model.centernet.flip_test"] = flip_test
             else:
-                detector.model.config.soft_nms_sigma = soft_nms_sigma
-            detector.model.config.nms_threshold = nms_threshold
+                overrides["model.cornernet.soft_nms_sigma"] = soft_nms_sigma
+            detector = anchorfree.load(weights, device="cpu", overrides=overrides)
             result, _ = evaluate(detector.model, data, detector.config, torch.device("cpu"), progress=False)
             row = {
                 "nms_threshold": nms_threshold,

@@ -41,19 +41,19 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_overrides(tiny_dataset: Path) -> Callable[..., dict[str, Any]]:
     """tiny_overrides(project, **extra) -> dotted overrides for a ~1 s training run on `tiny_dataset`.
 
-    Extra keys use "__" for "." (train__epochs=2 -> "train.epochs": 2).
+    Extra keys use "__" for "." (train__epochs=2 -> "train.epochs": 2). The tiny FCOS head's keys are left out
+    when extra names another family (model__name=centernet): a family's keys apply to that family only.
     """
 
     def make(project: Path, **extra: Any) -> dict[str, Any]:
+        tiny_fcos = {"model.fcos.fpn_channels": 32, "model.fcos.head_convs": 1, "model.fcos.norm_groups": 8}
         overrides = {
             "data.train": str(tiny_dataset / "instances_train.json"),
             "data.val": str(tiny_dataset / "instances_val.json"),
             "model.backbone": "mobilenet_v2",
             "model.backbone_width": 0.25,
             "model.pretrained_backbone": False,
-            "model.fcos.fpn_channels": 32,
-            "model.fcos.head_convs": 1,
-            "model.fcos.norm_groups": 8,
+            **(tiny_fcos if extra.get("model__name", "fcos") == "fcos" else {}),
             "data.train_sizes": [128],
             "data.val_size": 128,
             "data.max_size": 160,

@@ -16,9 +16,10 @@ import torch
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from anchorfree.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from anchorfree.checkpoint import FORMAT_VERSION, CheckpointError, CheckpointMetadata, load_checkpoint, save_checkpoint
+from anchorfree.files import remove_stale_temporaries
 
-METADATA = {"config": {"train": {"epochs": 3, "lr": 0.01}}, "class_names": ["cat", "dög"], "category_ids": [1, 7], "epoch": 2, "best": None}
+METADATA = {"config": {"train": {"epochs": 3, "lr": 0.01}}, "class_names": ["cat", "dög"], "category_ids": [1, 7], "epoch": 2}
 
 
 def small_model() -> nn.Module:
@@ -46,8 +47,8 @@ def test_weights_and_metadata_round_trip(tmp_path: Path) -> None:
     assert path == tmp_path / "weights" / "best.safetensors"
     checkpoint = load_checkpoint(path)
     assert checkpoint.path == path
-    assert checkpoint.metadata == METADATA
-    assert json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) == METADATA  # the human-readable mirror
+    assert checkpoint.metadata == CheckpointMetadata(**METADATA) and checkpoint.metadata.version == FORMAT_VERSION == 2
+    assert json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) == {"version": 2, **METADATA, "anchorfree_version": "", "torch_version": "", "world_size": 1}  # the mirror
     state = model.state_dict()
     assert checkpoint.model_state.keys() == state.keys()
     for name, tensor in state.items():
@@ -174,7 +175,7 @@ def test_failed_write_leaves_previous_checkpoint_intact_and_no_temporary(tmp_pat
     assert path.read_bytes() == before
     assert path.with_suffix(".json").read_bytes() == before_json
     assert temporaries(tmp_path) == []
-    assert load_checkpoint(path).metadata == {"epoch": 1}
+    assert load_checkpoint(path).metadata == CheckpointMetadata(epoch=1)
 
 
 def test_not_enough_disk_space_is_refused_before_writing(tmp_path: Path, monkeypatch) -> None:
@@ -241,6 +242,12 @@ def test_metadata_that_is_not_json_is_a_checkpoint_error(tmp_path: Path) -> None
         ("epoch", -1, "an integer >= 0"),
         ("loop", {"epoch": "3"}, "a mapping of numbers"),
         ("history", [1, 2], "a list of metrics rows"),
+        ("version", "2", "an integer >= 1"),
+        ("version", 0, "an integer >= 1"),
+        ("world_size", 0, "an integer >= 1"),
+        ("world_size", 1.5, "an integer >= 1"),
+        ("anchorfree_version", 1, "a string"),
+        ("metrics", [0.5], "a mapping"),
     ],
 )
 def test_metadata_of_the_wrong_type_names_the_key_and_value(tmp_path: Path, key: str, value: Any, expected: str) -> None:
@@ -273,6 +280,16 @@ def test_a_saved_config_with_an_unknown_key_is_a_checkpoint_error(tmp_path: Path
     with pytest.raises(CheckpointError) as error:
         anchorfree.load(path, device="cpu")
     assert str(path) in str(error.value) and "unknown key 'train.epoch'" in str(error.value)
+
+
+def test_a_saved_config_holding_a_removed_key_still_loads(tmp_path: Path) -> None:
+    """train.log_every is no key any more (`config.REMOVED_KEYS`): a checkpoint saved with it loads as before."""
+    import anchorfree
+
+    path, tensors, metadata = tiny_detector_checkpoint(tmp_path)
+    metadata["config"]["train"]["log_every"] = 10
+    write_raw(path, tensors, json.dumps(metadata))
+    assert anchorfree.load(path, device="cpu").category_ids == [1, 2]
 
 
 def test_a_config_naming_another_family_or_backbone_is_a_checkpoint_error(tmp_path: Path) -> None:
@@ -366,8 +383,8 @@ def test_resume_refuses_a_loop_state_of_the_wrong_types(tmp_path: Path) -> None:
     for loop, expected in [({"epoch": 1.5}, "loop.epoch must be an integer >= 0, got 1.5"), ({"epochs": 1}, "unknown keys ['epochs']"),
                            ({"elapsed": True}, "loop.elapsed must be a number, got True")]:
         with pytest.raises(CheckpointError, match=re.escape(expected)):
-            engine._loop_state(Checkpoint({}, {"loop": loop}, {}, tmp_path / "last.safetensors"))
-    assert engine._loop_state(Checkpoint({}, {"loop": {"epoch": 2, "step": 8, "elapsed": 1}}, {}, tmp_path)).step == 8
+            engine._loop_state(Checkpoint({}, CheckpointMetadata(loop=loop), {}, tmp_path / "last.safetensors"))
+    assert engine._loop_state(Checkpoint({}, CheckpointMetadata(loop={"epoch": 2, "step": 8, "elapsed": 1}), {}, tmp_path)).step == 8
 
 
 def test_old_checkpoints_of_format_version_1_still_load(tmp_path: Path) -> None:
@@ -378,3 +395,55 @@ def test_old_checkpoints_of_format_version_1_still_load(tmp_path: Path) -> None:
     write_raw(path, tensors, json.dumps({key: value for key, value in metadata.items() if key != "epoch"}))
     detector = anchorfree.load(path, device="cpu")
     assert detector.category_ids == [1, 2]
+
+
+# ------------------------------------------------------------------------------------------ typed metadata
+
+
+def test_checkpoint_metadata_round_trips_every_field(tmp_path: Path) -> None:
+    metadata = CheckpointMetadata(
+        config={"model": {"name": "fcos"}}, class_names=["cat", "dog"], category_ids=[3, 9], epoch=4,
+        loop={"epoch": 4, "step": 40, "elapsed": 12.5, "epoch_loss_sums": {"box": 1.5}}, history=[{"epoch": 1, "loss/box": 0.7}],
+        metrics={"stats": {"mAP": 0.25}}, anchorfree_version="0.1.0", torch_version="2.10.0", world_size=2,
+    )
+    path = save_checkpoint(tmp_path / "last.safetensors", small_model(), metadata)
+    loaded = load_checkpoint(path).metadata
+    assert loaded == metadata and loaded.version == 2
+    assert json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) == metadata.to_json()
+    # Fields left None are not written: a `best` file has no loop or history, a `last` file no metrics.
+    best = CheckpointMetadata(epoch=1, metrics={"stats": {}})
+    assert set(best.to_json()) == {"version", "epoch", "metrics", "anchorfree_version", "torch_version", "world_size"}
+
+
+def test_version_1_metadata_reads_as_version_1(tmp_path: Path) -> None:
+    """A header without the `version` key (format 1) reads with version 1 and one process; keys that are no field are ignored."""
+    path = write_raw(tmp_path / "old.safetensors", {"w": torch.zeros(1)}, json.dumps({**METADATA, "best": None}))
+    metadata = load_checkpoint(path).metadata
+    assert (metadata.version, metadata.world_size, metadata.epoch, metadata.class_names) == (1, 1, 2, ["cat", "dög"])
+    assert metadata.loop is None and metadata.anchorfree_version == ""
+
+
+def test_metadata_of_a_newer_version_or_with_unknown_fields_is_refused(tmp_path: Path) -> None:
+    path = write_raw(tmp_path / "new.safetensors", {"w": torch.zeros(1)}, json.dumps({**METADATA, "version": 3}), format_version="2")
+    with pytest.raises(CheckpointError, match=re.escape(f"checkpoint {path}: metadata version 3 was written by a newer anchorfree")):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"metadata keys \['best'\] are not CheckpointMetadata fields"):
+        save_checkpoint(tmp_path / "x.safetensors", small_model(), {**METADATA, "best": None})
+    with pytest.raises(CheckpointError, match="metadata 'world_size' must be an integer >= 1, got 0"):
+        save_checkpoint(tmp_path / "x.safetensors", small_model(), CheckpointMetadata(world_size=0))
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_require_names_the_file_and_the_missing_field(tmp_path: Path) -> None:
+    metadata = CheckpointMetadata(epoch=1)
+    metadata.require(tmp_path / "a.safetensors", "epoch")
+    with pytest.raises(CheckpointError, match=re.escape(f"checkpoint {tmp_path / 'a.safetensors'}: metadata has no 'loop'; it holds ['anchorfree_version', 'epoch',")):
+        metadata.require(tmp_path / "a.safetensors", "epoch", "loop")
+
+
+def test_a_checkpoint_holds_the_active_familys_section_only(tmp_path: Path) -> None:
+    path, _, _ = tiny_detector_checkpoint(tmp_path)
+    model_section = load_checkpoint(path).metadata.config["model"]
+    assert "fcos" in model_section and "centernet" not in model_section and "cornernet" not in model_section
+    assert model_section["freeze_backbone_norm"] is False
+    assert "centernet" not in json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["config"]["model"]

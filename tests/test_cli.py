@@ -91,6 +91,30 @@ def test_predict_without_images_writes_only_json(cli_run, tiny_dataset: Path, tm
     assert isinstance(json.loads((tmp_path / "predictions.json").read_text()), list)
 
 
+def test_val_and_predict_take_test_time_settings_after_the_weights(cli_run, tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    """`key=value` tokens after the weights (or after an option) load the checkpoint with those settings; a
+    setting that shapes the weights exits 2 naming the key and what may be changed."""
+    _, _, run = cli_run
+    weights = str(run / "weights" / "best.safetensors")
+    images = str(tiny_dataset / "images" / "val")
+    counts = []
+    for settings in ([], ["model.fcos.max_detections=1"]):
+        out = tmp_path / f"predict_{len(settings)}"
+        assert main(["predict", weights, images, *settings, "--out", str(out), "--conf", "0", "--no-images"]) == 0
+        counts.append(len(json.loads((out / "predictions.json").read_text())))
+    assert counts[0] > 8 and counts[1] <= 8  # one detection per image at most
+    out = tmp_path / "predict_after_option"
+    assert main(["predict", weights, images, "--out", str(out), "--no-images", "--conf", "0", "model.fcos.max_detections=1"]) == 0
+    assert len(json.loads((out / "predictions.json").read_text())) == counts[1]
+    metrics_file = tmp_path / "metrics.json"
+    assert main(["val", weights, "model.fcos.max_detections=10", "--device", "cpu", "--save-json", str(metrics_file), "data.val_size=96"]) == 0
+    assert json.loads(metrics_file.read_text())["stats"]["AR1"] >= 0
+    capsys.readouterr()
+    assert main(["val", weights, "model.fcos.fpn_channels=16", "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert "error: model.fcos.fpn_channels cannot be changed when loading checkpoint" in error and "model.fcos.score_threshold" in error
+
+
 def test_train_with_an_unknown_key_exits_2_with_a_suggestion(tmp_path: Path, capsys) -> None:
     assert main(["train", "train.epoch=3", f"train.project={tmp_path}"]) == 2
     captured = capsys.readouterr()
@@ -111,6 +135,9 @@ def test_presets_name_prints_the_resolved_yaml_and_keys(capsys) -> None:
     assert main(["presets", "fcos_cpu", "--keys"]) == 0
     keys = capsys.readouterr().out.splitlines()
     assert "train.epochs" in keys and "model.fcos.head_convs" in keys
+    assert "model.freeze_backbone_norm" in keys and not [key for key in keys if key.startswith(("model.centernet.", "model.cornernet."))]
+    assert main(["presets", "cornernet_cpu"]) == 0
+    assert set(yaml.safe_load(capsys.readouterr().out)["model"]) & {"fcos", "centernet", "cornernet"} == {"cornernet"}
     assert main(["presets", "fcos_cpuu"]) == 2
     assert "did you mean 'fcos_cpu'" in capsys.readouterr().err
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,9 +17,12 @@ import yaml
 
 import anchorfree
 from anchorfree import engine
+from anchorfree.cli import main
+from anchorfree.data import splits
 from anchorfree.checkpoint import CheckpointError, load_checkpoint
 from anchorfree.config import ConfigError, config_from_dict, get_preset
 from anchorfree.data.synth import CLASS_NAMES
+from anchorfree.run_folder import RunFolder
 
 pytestmark = pytest.mark.filterwarnings("ignore:no detections on the evaluated images")
 
@@ -114,6 +118,35 @@ def test_unknown_schedule_raises_value_error() -> None:
         engine.train(config, progress=False)
 
 
+# ----------------------------------------------------------------------------------------------- config first
+
+
+def test_a_bad_value_fails_before_any_data_file_is_read(one_epoch_run, tmp_path: Path, tiny_overrides, monkeypatch, capsys) -> None:
+    """train.optimizer=adam with a data.train that does not exist: the API, the CLI and --resume all fail naming the
+    optimizer, not the file, and no annotation file, dataset YAML or image header is read before."""
+
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"data was read before the config was validated: {args}")
+
+    monkeypatch.setattr(splits, "read_dataset", no_reading)
+    monkeypatch.setattr(splits, "read_dataset_yaml", no_reading)
+    missing = tmp_path / "missing.json"
+    overrides = tiny_overrides(tmp_path / "runs", data__train=str(missing), data__dataset=str(tmp_path / "missing.yaml"), train__optimizer="adam")
+    expected = "train.optimizer must be 'sgd' or 'adamw', got 'adam'; did you mean 'adamw'?"
+    with pytest.raises(ConfigError) as error:
+        anchorfree.train("fcos_cpu", overrides, progress=False)
+    assert expected in str(error.value) and "missing" not in str(error.value)
+
+    assert main(["train", *(f"{key}={value}" for key, value in overrides.items())]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: ") and expected in stderr and "missing" not in stderr
+
+    run, _ = one_epoch_run
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        anchorfree.train(resume=run, overrides={"train.optimizer": "adam"}, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
 # ------------------------------------------------------------------------------------------------- run folder
 
 
@@ -138,17 +171,17 @@ def test_train_writes_config_metrics_and_checkpoints(one_epoch_run) -> None:
     last = load_checkpoint(run / "weights" / "last.safetensors")
     best = load_checkpoint(run / "weights" / "best.safetensors")
     assert last.optimizer_state is not None and best.optimizer_state is None
-    assert last.metadata["loop"]["epoch"] == 1 and last.metadata["loop"]["iteration"] == 0 and last.metadata["loop"]["step"] == 4
-    assert last.metadata["class_names"] == list(CLASS_NAMES) and last.metadata["category_ids"] == [1, 2, 3, 4, 5, 6]
-    assert config_from_dict(last.metadata["config"]) == anchorfree.make_config("fcos_cpu", overrides)
-    assert best.metadata["metrics"]["stats"]["mAP"] == float(rows[0]["val/mAP"])
+    assert last.metadata.loop["epoch"] == 1 and last.metadata.loop["iteration"] == 0 and last.metadata.loop["step"] == 4
+    assert last.metadata.class_names == list(CLASS_NAMES) and last.metadata.category_ids == [1, 2, 3, 4, 5, 6]
+    assert config_from_dict(last.metadata.config) == anchorfree.make_config("fcos_cpu", overrides)
+    assert best.metadata.metrics["stats"]["mAP"] == float(rows[0]["val/mAP"])
     assert (run / "weights" / "best.json").is_file() and (run / "weights" / "last.json").is_file()
     assert [path.name for path in run.rglob("*.tmp")] == []
 
 
 def test_a_second_run_gets_a_new_folder(one_epoch_run) -> None:
     run, overrides = one_epoch_run
-    assert engine.new_run_folder(overrides["train.project"], "fcos_cpu") == run.parent / "fcos_cpu2"
+    assert RunFolder.create(overrides["train.project"], "fcos_cpu").path == run.parent / "fcos_cpu2"
 
 
 def test_resume_with_a_changed_config_key_is_refused(one_epoch_run) -> None:
@@ -175,7 +208,7 @@ def test_one_epoch_then_resume_to_two_equals_two_epochs_straight(tmp_path: Path,
     first = anchorfree.train("fcos_cpu", tiny_overrides(tmp_path / "b", train__epochs=1, **CONSTANT_LR), progress=False)
     resumed = anchorfree.train(resume=first, overrides={"train.epochs": 2}, progress=False)
     assert resumed == first
-    assert load_checkpoint(resumed).metadata["loop"]["step"] == 8
+    assert load_checkpoint(resumed).metadata.loop["step"] == 8
     assert_same_weights(straight / "weights" / "last.safetensors", resumed / "weights" / "last.safetensors")
     assert without_speed(read_rows(resumed)) == without_speed(read_rows(straight))
 
@@ -215,7 +248,7 @@ def interrupted_and_straight(tmp_path_factory: pytest.TempPathFactory, tiny_over
         with pytest.raises(engine.TrainingInterrupted) as interrupted:
             anchorfree.train("fcos_cpu", tiny_overrides(project / "interrupted", train__epochs=2), progress=False)
     run = project / "interrupted" / "fcos_cpu"
-    loop_at_interrupt = load_checkpoint(run).metadata["loop"]
+    loop_at_interrupt = load_checkpoint(run).metadata.loop
     resumed = anchorfree.train(resume=run / "weights" / "last.safetensors", progress=False)
     return straight, resumed, {"message": str(interrupted.value), "loop": loop_at_interrupt, "run": run}
 
@@ -229,7 +262,7 @@ def test_interrupt_saves_last_mid_epoch(interrupted_and_straight) -> None:
 
 def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(interrupted_and_straight) -> None:
     straight, resumed, _ = interrupted_and_straight
-    assert load_checkpoint(resumed).metadata["loop"]["step"] == 8
+    assert load_checkpoint(resumed).metadata.loop["step"] == 8
     assert_same_weights(straight / "weights" / "last.safetensors", resumed / "weights" / "last.safetensors")
 
 

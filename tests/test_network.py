@@ -8,6 +8,7 @@ weights API path (torchvision's builders, torch.hub's file naming) without a net
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.error
 import warnings
@@ -17,13 +18,16 @@ from typing import Any, Callable
 import pytest
 import torch
 import torchvision.models._api as torchvision_weights_api
+import yaml
 from matplotlib.figure import Figure
 from torchvision import models as tv_models
 
 import anchorfree
 from anchorfree import api
+from anchorfree.checkpoint import load_checkpoint
 from anchorfree.cli import main
-from anchorfree.models.backbones import PretrainedWeightsUnavailable, build_backbone, forget_unavailable_weights
+from anchorfree.config import config_from_dict
+from anchorfree.models.backbones import FrozenNorm, PretrainedWeightsUnavailable, build_backbone, forget_unavailable_weights
 
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 
@@ -73,11 +77,12 @@ def weights_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
     return [str(warning.message) for warning in caught if WEIGHTS_FILE in str(warning.message)]
 
 
-def saved_pretrained_flags(run: Path) -> list[bool]:
-    """model.pretrained_backbone as config.yaml and the checkpoints' mirrors (last, and best where written) record it."""
+def saved_backbone_flags(run: Path) -> list[bool]:
+    """model.pretrained_backbone and model.freeze_backbone_norm as config.yaml and the checkpoints' mirrors (last,
+    and best where written) record them."""
     mirrors = [run / "weights" / name for name in ("last.json", "best.json") if (run / "weights" / name).is_file()]
-    flags = [json.loads(mirror.read_text())["config"]["model"]["pretrained_backbone"] for mirror in mirrors]
-    return ["pretrained_backbone: false" not in (run / "config.yaml").read_text(), *flags]
+    sections = [yaml.safe_load((run / "config.yaml").read_text())["model"], *(json.loads(mirror.read_text())["config"]["model"] for mirror in mirrors)]
+    return [section[key] for section in sections for key in ("pretrained_backbone", "freeze_backbone_norm")]
 
 
 def test_a_failed_fetch_is_remembered_and_names_the_file_and_the_folder(offline: list[str]) -> None:
@@ -114,8 +119,8 @@ def test_offline_training_then_val_predict_targets_ask_once_and_warn_once(
     assert len(offline) == 1
     [warning] = weights_warnings(caught)
     assert str(Path(torch.hub.get_dir()) / "checkpoints") in warning
-    assert "continues from scratch (model.pretrained_backbone=false)" in warning
-    assert set(saved_pretrained_flags(run)) == {False}
+    assert "continues from scratch (model.pretrained_backbone=false, model.freeze_backbone_norm=false)" in warning
+    assert set(saved_backbone_flags(run)) == {False}
 
 
 def test_cli_train_offline_warns_and_trains_from_scratch(
@@ -128,14 +133,14 @@ def test_cli_train_offline_warns_and_trains_from_scratch(
     assert len(weights_warnings(list(caught))) == 1
     assert len(offline) == 1
     run = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run folder: "))
-    assert set(saved_pretrained_flags(run)) == {False}
+    assert set(saved_backbone_flags(run)) == {False}
 
 
 def test_loading_a_pretrained_checkpoint_never_asks_for_imagenet_weights(
     online: list[str], no_rendering: None, tiny_dataset: Path, tiny_overrides: Callable[..., dict[str, Any]], tmp_path: Path
 ) -> None:
     run = anchorfree.train("fcos_mobilenet_v2_cpu", pretrained_overrides(tiny_overrides, tmp_path, data__val=""), progress=False)
-    assert len(online) == 1 and set(saved_pretrained_flags(run)) == {True}
+    assert len(online) == 1 and set(saved_backbone_flags(run)) == {True}
     weights = run / "weights" / "last.safetensors"
     anchorfree.val(weights, tiny_dataset / "instances_val.json", progress=False)
     anchorfree.predict(weights, [tiny_dataset / "images" / "val" / "000000.jpg"], tmp_path / "predicted", progress=False)
@@ -143,3 +148,61 @@ def test_loading_a_pretrained_checkpoint_never_asks_for_imagenet_weights(
     # (the same weights, in the frozen-norm structure they were trained in), still without ImageNet weights.
     api.targets(tiny_dataset / "instances_val.json", run, out=tmp_path / "targets_low", split="val", count=1, overrides=["model.fcos.score_threshold=0.01"])
     assert len(online) == 1
+
+
+@pytest.fixture(scope="module")
+def frozen_norm_run(tmp_path_factory: pytest.TempPathFactory, tiny_overrides: Callable[..., dict[str, Any]]) -> Path:
+    """A tiny FCOS run trained in the structure of a pretrained backbone (frozen batch norm) from random weights:
+    model.freeze_backbone_norm=true with model.pretrained_backbone=false, so nothing is downloaded."""
+    overrides = tiny_overrides(tmp_path_factory.mktemp("frozen_norm"), model__freeze_backbone_norm=True, data__val="")
+    calls: list[str] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torchvision_weights_api, "load_state_dict_from_url", lambda url, *args, **kwargs: calls.append(url))
+        run = anchorfree.train("fcos_cpu", overrides, progress=False)
+    assert calls == []
+    return run
+
+
+def test_targets_of_a_frozen_norm_run_with_a_test_time_setting_fetch_nothing(
+    online: list[str], frozen_norm_run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert saved_backbone_flags(frozen_norm_run)[:2] == [False, True]  # config.yaml: no weights fetched, the frozen structure
+    out = tmp_path / "targets"
+    arguments = ["targets", str(tiny_dataset / "instances_val.json"), "--weights", str(frozen_norm_run), "model.fcos.score_threshold=0.01"]
+    assert main([*arguments, "--split", "val", "--count", "1", "--out", str(out), "--device", "cpu"]) == 0
+    [written] = capsys.readouterr().out.split()
+    assert Path(written).parent == out and Path(written).stat().st_size > 0
+    detector = anchorfree.load(frozen_norm_run, device="cpu", overrides={"model.fcos.score_threshold": 0.01})
+    assert isinstance(detector.model.backbone, FrozenNorm) and detector.model.config.score_threshold == 0.01
+    assert online == []  # no ImageNet weights asked for (nor in training: see frozen_norm_run)
+
+
+def test_an_old_style_checkpoint_loads_in_its_structure_and_detects_the_same(
+    online: list[str], frozen_norm_run: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """A checkpoint as format 1 wrote it: every family's section, no metadata version, no freeze_backbone_norm (a
+    frozen-norm backbone then meant pretrained_backbone=true). It loads in the frozen-norm structure, without a
+    download, and gives exactly the detections of the same weights saved today."""
+    from safetensors.torch import save as save_safetensors_bytes
+
+    best = frozen_norm_run / "weights" / "best.safetensors"
+    saved = load_checkpoint(best)
+    old_config = dataclasses.asdict(config_from_dict(saved.metadata.config))
+    del old_config["model"]["freeze_backbone_norm"]
+    old_config["model"]["pretrained_backbone"] = True
+    assert {"fcos", "centernet", "cornernet"} <= set(old_config["model"])
+    old_metadata = {"config": old_config, "class_names": saved.metadata.class_names, "category_ids": saved.metadata.category_ids, "epoch": 1}
+    header = {"format": "anchorfree-checkpoint", "format_version": "1", "metadata": json.dumps(old_metadata)}
+    old = tmp_path / "old.safetensors"
+    old.write_bytes(save_safetensors_bytes({f"model.{name}": tensor for name, tensor in saved.model_state.items()}, metadata=header))
+    assert load_checkpoint(old).metadata.version == 1
+
+    image = tiny_dataset / "images" / "val" / "000000.jpg"
+    everything = {"model.fcos.score_threshold": 0.0}
+    old_detector, new_detector = (anchorfree.load(path, device="cpu", overrides=everything) for path in (old, best))
+    assert isinstance(old_detector.model.backbone, FrozenNorm) and old_detector.config.model.freeze_backbone_norm
+    old_found, new_found = old_detector.predict(image, score_threshold=0.0), new_detector.predict(image, score_threshold=0.0)
+    assert len(new_found["boxes"]) > 0
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(old_found[key], new_found[key]), key
+    assert online == []

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import anchorfree
-from anchorfree import engine, plots
+from anchorfree import plots, run_folder
 from anchorfree.cli import main
 from anchorfree.data.formats import read_dataset
 from anchorfree.evaluation import evaluate_coco
@@ -242,8 +242,8 @@ def test_a_failing_plot_warns_once_and_training_goes_on(tmp_path: Path, tiny_ove
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("no fonts here")
 
-    monkeypatch.setattr(engine, "plot_results", broken)
-    monkeypatch.setattr(engine, "write_evaluation_plots", broken)
+    monkeypatch.setattr(run_folder, "plot_results", broken)
+    monkeypatch.setattr(run_folder, "write_evaluation_plots", broken)
     overrides = tiny_overrides(tmp_path, train__epochs=2)
     with pytest.warns(UserWarning, match="could not write") as caught:
         run = anchorfree.train("fcos_cpu", overrides, progress=False)

@@ -141,7 +141,7 @@ def planted_load(monkeypatch: pytest.MonkeyPatch) -> None:
     """`predict` loads a detector that finds two circles and a square (on one circle's box) in every image."""
     same_box = [0.1, 0.1, 0.4, 0.4]
     detector = planted_detector([same_box, [0.5, 0.5, 0.9, 0.9], same_box], [0.9, 0.8, 0.6], [0, 0, 1])
-    monkeypatch.setattr(api, "load", lambda weights, device="auto": detector)
+    monkeypatch.setattr(api, "load", lambda weights, device="auto", overrides=None: detector)
 
 
 def test_predict_summary_counts_images_skips_and_detections_per_class(photos: Path, planted_load: None, tmp_path: Path) -> None:

@@ -22,7 +22,10 @@ import yaml
 import anchorfree
 from anchorfree import checkpoint as checkpoint_module
 from anchorfree import engine
-from anchorfree.checkpoint import Checkpoint, atomic_write_bytes, load_checkpoint, save_checkpoint
+from anchorfree import files as files_module
+from anchorfree.checkpoint import Checkpoint, CheckpointMetadata, load_checkpoint, save_checkpoint
+from anchorfree.files import atomic_write_bytes
+from anchorfree.run_folder import RunFolder
 from anchorfree.config import ConfigError
 from anchorfree.data.records import InvalidAnnotation
 from anchorfree.models import backbones
@@ -39,7 +42,7 @@ def read_rows(run: Path) -> list[dict[str, str]]:
 
 def assert_mirror_matches(run: Path) -> None:
     last = run / "weights" / "last.safetensors"
-    assert json.loads(last.with_suffix(".json").read_text(encoding="utf-8")) == load_checkpoint(last).metadata
+    assert json.loads(last.with_suffix(".json").read_text(encoding="utf-8")) == load_checkpoint(last).metadata.to_json()
 
 
 class Killed(Exception):
@@ -76,7 +79,7 @@ def test_resume_of_a_pretrained_run_fetches_no_imagenet_weights(tmp_path: Path, 
     assert resumed == run
     assert fetches == ["mobilenet_v2"]  # no call on resume
     last = load_checkpoint(run)
-    assert last.metadata["loop"]["step"] == 8 and last.metadata["config"]["model"]["pretrained_backbone"] is True
+    assert last.metadata.loop["step"] == 8 and last.metadata.config["model"]["pretrained_backbone"] is True
     assert [row["epoch"] for row in read_rows(run)] == ["1", "2"]
 
 
@@ -122,14 +125,14 @@ def kill_at(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, int], None]:
 
     def arm(point: str, epoch: int) -> None:
         if point == "metrics":
-            real_write = engine._write_metrics
+            real_write = RunFolder.write_metrics
 
-            def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+            def write_metrics(run: RunFolder, rows: list[dict[str, Any]]) -> None:
                 if len(rows) == epoch:
                     raise Killed(point)
-                real_write(path, rows)
+                real_write(run, rows)
 
-            monkeypatch.setattr(engine, "_write_metrics", write_metrics)
+            monkeypatch.setattr(RunFolder, "write_metrics", write_metrics)
         else:
             real_text = checkpoint_module.atomic_write_text
 
@@ -149,7 +152,7 @@ def test_a_kill_after_last_before_metrics_leaves_one_row_per_epoch(tmp_path: Pat
     with pytest.raises(Killed):
         anchorfree.train("fcos_cpu", tiny_overrides(tmp_path, train__epochs=2, data__val="", **CONSTANT_LR), progress=False)
     run = tmp_path / "fcos_cpu"
-    assert not (run / "metrics.csv").exists() and load_checkpoint(run).metadata["epoch"] == 1
+    assert not (run / "metrics.csv").exists() and load_checkpoint(run).metadata.epoch == 1
     monkeypatch.undo()
     anchorfree.train(resume=run, progress=False)
     rows = read_rows(run)
@@ -168,7 +171,7 @@ def test_a_kill_after_metrics_before_last_leaves_no_duplicate_row(tmp_path: Path
         writer.writerow({**rows[0], "epoch": "2", "step": "8"})  # the row of an epoch whose `last` never landed
         writer.writerow(rows[0])  # and a duplicate, as 12 kills left them
     (run / "weights" / "last.json").unlink()
-    assert load_checkpoint(run).metadata["epoch"] == 1
+    assert load_checkpoint(run).metadata.epoch == 1
     assert_mirror_matches(run)  # rebuilt on load
     anchorfree.train(resume=run, overrides={"train.epochs": 2}, progress=False)
     resumed = read_rows(run)
@@ -186,7 +189,7 @@ def test_a_kill_between_last_and_its_mirror_is_repaired_on_load(tmp_path: Path, 
     monkeypatch.undo()
     run = tmp_path / "fcos_cpu"
     assert json.loads((run / "weights" / "last.json").read_text())["epoch"] == 1  # one epoch stale
-    assert load_checkpoint(run).metadata["epoch"] == 2
+    assert load_checkpoint(run).metadata.epoch == 2
     assert_mirror_matches(run)
     assert [row["epoch"] for row in read_rows(run)] == ["1"]  # the kill came before metrics.csv's second row
 
@@ -196,16 +199,16 @@ def test_stale_mirror_is_rewritten_when_loaded(tmp_path: Path, tiny_overrides) -
     model = torch.nn.Linear(2, 1)
     path = save_checkpoint(tmp_path / "weights" / "last.safetensors", model, {"epoch": 2})
     path.with_suffix(".json").write_text(json.dumps({"epoch": 1}))
-    assert load_checkpoint(path).metadata == {"epoch": 2}
-    assert json.loads(path.with_suffix(".json").read_text()) == {"epoch": 2}
+    assert load_checkpoint(path).metadata.epoch == 2
+    assert json.loads(path.with_suffix(".json").read_text()) == CheckpointMetadata(epoch=2).to_json()
 
 
 def test_metrics_of_an_older_checkpoint_are_deduplicated_up_to_its_epoch(tmp_path: Path) -> None:
     """Issue 11.6: without a history in `last` (older files), metrics.csv's rows up to last's epoch, one each."""
     metrics = tmp_path / "metrics.csv"
     metrics.write_text("epoch,step,lr\n1,4,0.1\n2,8,0.1\n2,8,0.2\n3,12,0.1\n", encoding="utf-8")
-    old = Checkpoint({}, {"loop": {"epoch": 2}}, {}, tmp_path / "last.safetensors")
-    rows = engine._resumed_history(old, metrics, 2)
+    old = Checkpoint({}, CheckpointMetadata(loop={"epoch": 2}), {}, tmp_path / "last.safetensors")
+    rows = RunFolder(tmp_path).resumed_history(old, 2)
     assert [(row["epoch"], row["lr"]) for row in rows] == [("1", "0.1"), ("2", "0.2")]
 
 
@@ -317,7 +320,7 @@ def test_a_read_only_folder_names_the_file(tmp_path: Path, monkeypatch: pytest.M
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".last.safetensors.abc.tmp"))
 
-    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(files_module.tempfile, "mkstemp", refuse)
     path = tmp_path / "last.safetensors"
     with pytest.raises(PermissionError) as error:
         atomic_write_bytes(path, b"data")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from anchorfree.data.images import ImageLoadError, ImageTooLarge, inspect_image
+from anchorfree.files import atomic_write_text
 
 CACHE_VERSION = 3  # 3: a JPEG with bytes after its end marker is complete (2 called it truncated)
 
@@ -78,11 +78,7 @@ class ImageInfoCache:
         if not self.changed:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".json")
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                json.dump({"version": CACHE_VERSION, "entries": self.entries}, stream)
-            os.replace(temporary, self.path)
+            atomic_write_text(self.path, json.dumps({"version": CACHE_VERSION, "entries": self.entries}))
             self.changed = False
         except OSError:
             pass

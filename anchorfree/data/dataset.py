@@ -1,4 +1,9 @@
-"""A torch Dataset over `DetectionData`, and the collate function for detection batches."""
+"""A torch Dataset over `DetectionData`, its epoch order (`EpochSampler`), and the loader and collate function
+for detection batches.
+
+The order of epoch e is a permutation seeded by (seed, e) and the augmentation of sample i in it a stream seeded
+by (seed, e, i): neither depends on the number of workers, so a resumed epoch sees the batches an uninterrupted
+one would."""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.ops import clip_boxes_to_image
 
 from anchorfree.data.images import load_image
@@ -166,10 +171,40 @@ def _free_memory_bytes() -> int | None:
         return None
 
 
+class EpochSampler(Sampler[int]):
+    """A permutation of the dataset fixed by (seed, epoch), optionally starting part-way (for resuming)."""
+
+    def __init__(self, size: int, seed: int, epoch: int, start: int = 0) -> None:
+        self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        return iter(order[self.start :])
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+
 def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
     """Keep images as a list (the model pads them) and targets as a list of dicts."""
     images, targets = zip(*batch)
     return list(images), list(targets)
+
+
+def make_loader(dataset: DetectionDataset, batch_size: int, workers: int, sampler: Sampler[int] | None = None) -> DataLoader:
+    """Batches of `dataset` as (images, targets) lists (`collate`), in `sampler`'s order (default: the dataset's),
+    the last batch possibly smaller; `workers` loader processes (0: in this process)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=False,
+        persistent_workers=False,
+    )
 
 
 def scale_to_original(boxes: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:

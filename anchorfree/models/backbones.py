@@ -228,18 +228,19 @@ class FrozenNorm(nn.Module):
         return self.body(images)
 
 
-def build_backbone(name: str, pretrained: bool = False, width_multiplier: float = 1.0) -> nn.Module:
+def build_backbone(name: str, pretrained: bool = False, width_multiplier: float = 1.0, freeze_norm: bool | None = None) -> nn.Module:
     """A backbone returning [C2, C3, C4, C5] with `.out_channels` and `.strides` ([4, 8, 16, 32]).
 
     Args:
         name: one of BACKBONE_NAMES.
-        pretrained: load torchvision's ImageNet weights (IMAGENET1K_V1) through its weights API. Pretrained
-            backbones keep batch norm frozen (see `FrozenNorm`), as torchvision's detectors do: detection
-            batches are too small to re-estimate ImageNet statistics. From scratch, batch norm trains.
+        pretrained: load torchvision's ImageNet weights (IMAGENET1K_V1) through its weights API.
             When the weights cannot be fetched, PretrainedWeightsUnavailable names the file and the cache folder;
             the failure is remembered, and later requests for that file in the process raise it again at once,
             without a new download attempt (`forget_unavailable_weights` clears the memo).
         width_multiplier: channel multiplier for mobilenet_v2 (1.0 only when pretrained).
+        freeze_norm: keep batch norm frozen (wrap in `FrozenNorm`), as torchvision's detectors do with a
+            pretrained backbone: detection batches are too small to re-estimate ImageNet statistics. None: frozen
+            when `pretrained`. `build_model` sets the structure from `model.freeze_backbone_norm` itself.
     """
     weights_file = imagenet_weights_file(name)
     if pretrained and weights_file in _UNAVAILABLE_WEIGHTS:
@@ -252,13 +253,13 @@ def build_backbone(name: str, pretrained: bool = False, width_multiplier: float 
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         unavailable = PretrainedWeightsUnavailable(
             f"cannot load ImageNet weights for {name} ({error}). Without network access, put torchvision's weights "
-            f"file {weights_file} in {cache}, or train from scratch with model.pretrained_backbone=false",
+            f"file {weights_file} in {cache}, or train from scratch with model.pretrained_backbone=false model.freeze_backbone_norm=false",
             weights_file,
             cache,
         )
         _UNAVAILABLE_WEIGHTS[weights_file] = unavailable
         raise unavailable from error
-    return FrozenNorm(backbone) if pretrained else backbone
+    return FrozenNorm(backbone) if (pretrained if freeze_norm is None else freeze_norm) else backbone
 
 
 def _build_classifier_backbone(name: str, pretrained: bool, width_multiplier: float) -> nn.Module:

@@ -226,7 +226,7 @@ def centernet_decode(
 
     Returns:
         boxes (N, K, 4) float32 (x1, y1, x2, y2), scores (N, K) float32, labels (N, K) int64, sorted by score.
-        K = min(top_k, C * H * W). Boxes are not clipped to the image (see `CenterNet.forward`).
+        K = min(top_k, C * H * W). Boxes are not clipped to the image (see `CenterNet.decode`).
     """
     batch = heatmap.shape[0]
     peaks = heatmap_peaks(heatmap.float(), peak_kernel)
@@ -244,9 +244,18 @@ def centernet_decode(
 
 # ----------------------------------------------------------------------------------------------------- model
 
+# What `CenterNet.head_outputs` returns: heatmap_logits (N, C, H, W), offsets (N, 2, H, W), sizes (N, 2, H, W).
+CenterNetOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 class CenterNet(nn.Module):
-    """CenterNet: backbone -> stride-4 neck -> heatmap/offset/size head; losses in training, detections in eval."""
+    """CenterNet: backbone -> stride-4 neck -> heatmap/offset/size head; losses in training, detections in eval.
+
+    A `DetectionModel` (anchorfree.models.detector): `forward` is `head_outputs`, then `training_targets` and
+    `loss`, or `decode` (with `config.flip_test`, of the batch followed by its mirror).
+    """
+
+    family = "centernet"  # the key in anchorfree.models.MODELS
 
     def __init__(self, backbone: nn.Module, num_classes: int, config: CenterNetConfig | None = None) -> None:
         super().__init__()
@@ -269,48 +278,90 @@ class CenterNet(nn.Module):
         self.size_divisor = 32
         self.head = CenterNetHead(self.neck.out_channels, num_classes, self.config.head_channels)
 
-    def head_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @property
+    def max_detections(self) -> int:
+        """The most detections `decode` returns per image: `config.max_detections` (K, the peaks kept)."""
+        return self.config.max_detections
+
+    def head_outputs(self, batch: torch.Tensor) -> CenterNetOutputs:
         """(N, 3, H, W) padded batch -> heatmap_logits (N, C, H/4, W/4), offsets and sizes (N, 2, H/4, W/4)."""
         return self.head(self.neck(self.backbone(match_memory_format(batch, self.backbone))))
+
+    @torch.no_grad()
+    def training_targets(
+        self, outputs: CenterNetOutputs, targets: list[dict[str, torch.Tensor]], image_sizes: list[tuple[int, int]]
+    ) -> list[CenterNetTargets]:
+        """`centernet_targets` of every image on the (H/4, W/4) map of `outputs`, with the config's radius settings.
+
+        Args:
+            outputs: from `head_outputs` (only the heatmap's shape is read).
+            targets: one {"boxes" (M, 4) input pixels, "labels" (M,), "iscrowd" (M,) optional} per image.
+            image_sizes: unused: the targets cover the whole padded map.
+
+        Returns:
+            One `CenterNetTargets` per image.
+        """
+        config = self.config
+        output_size = tuple(outputs[0].shape[-2:])
+        image_targets = []
+        for image_index, target in enumerate(targets):
+            check_num_classes(target["labels"], self.num_classes, image_index)
+            image_targets.append(
+                centernet_targets(
+                    target["boxes"], target["labels"], self.num_classes, output_size, self.stride,
+                    config.radius_formula, config.min_overlap, config.max_objects, target.get("iscrowd"),
+                )
+            )
+        return image_targets
+
+    def loss(self, outputs: CenterNetOutputs, training_targets: list[CenterNetTargets]) -> dict[str, torch.Tensor]:
+        """`centernet_loss` of `head_outputs` against `training_targets`: {"heatmap", "size", "offset"}."""
+        heatmap_logits, offsets, sizes = outputs
+        config = self.config
+        return centernet_loss(
+            heatmap_logits, offsets, sizes, training_targets, config.focal_alpha, config.focal_beta, config.size_weight, config.offset_weight
+        )
+
+    def decode(self, outputs: CenterNetOutputs, image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """`centernet_decode` of `head_outputs`, then `select_detections`: scores over `config.score_threshold`, boxes
+        clipped to each image, the config's optional NMS or soft-NMS. Per image {"boxes", "scores", "labels"}.
+
+        With `config.flip_test`, `outputs` are those of the N images followed by their N mirrors (as `forward` runs
+        them, in one batch): the mirrors' outputs are flipped back and the heatmaps and sizes averaged (offsets are
+        not mirror-symmetric and come from the images alone).
+        """
+        config = self.config
+        heatmap_logits, offsets, sizes = outputs
+        if config.flip_test:
+            count = len(image_sizes)
+            if heatmap_logits.shape[0] != 2 * count:
+                raise ValueError(
+                    f"with flip_test, decode takes the outputs of the {count} images followed by their mirrors "
+                    f"({2 * count} maps), got {heatmap_logits.shape[0]}"
+                )
+            heatmap = (heatmap_logits[:count].float().sigmoid() + heatmap_logits[count:].float().sigmoid().flip(-1)) / 2
+            sizes = (sizes[:count].float() + sizes[count:].float().flip(-1)) / 2
+            offsets = offsets[:count]
+        else:
+            heatmap = heatmap_logits.float().sigmoid()
+        boxes, scores, labels = centernet_decode(heatmap, offsets, sizes, self.stride, config.max_detections, config.peak_kernel)
+        return select_detections(
+            boxes, scores, labels, image_sizes, config.score_threshold, config.nms_threshold, config.soft_nms_sigma
+        )
 
     def forward(
         self, images: torch.Tensor | list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         """images: normalised (N, 3, H, W) or list of (3, H_i, W_i); targets: [{"boxes", "labels", "iscrowd"?}]."""
         batch, image_sizes = batch_images(images, self.size_divisor)
-        config = self.config
         if self.training:
-            check_targets(targets, len(image_sizes))
-            heatmap_logits, offsets, sizes = self.head_outputs(batch)
-            output_size = tuple(heatmap_logits.shape[-2:])
-            image_targets = []
-            for image_index, target in enumerate(targets):
-                check_num_classes(target["labels"], self.num_classes, image_index)
-                image_targets.append(
-                    centernet_targets(
-                        target["boxes"], target["labels"], self.num_classes, output_size, self.stride,
-                        config.radius_formula, config.min_overlap, config.max_objects, target.get("iscrowd"),
-                    )
-                )
-            return centernet_loss(
-                heatmap_logits, offsets, sizes, image_targets, config.focal_alpha, config.focal_beta, config.size_weight, config.offset_weight
-            )
-
-        if config.flip_test:
-            # The mirror goes through the network in the same batch; its outputs are flipped back and the
-            # heatmaps and sizes averaged (offsets are not mirror-symmetric and come from the image alone).
-            heatmap_logits, offsets, sizes = self.head_outputs(torch.cat([batch, batch.flip(-1)]))
-            count = len(batch)
-            heatmap = (heatmap_logits[:count].float().sigmoid() + heatmap_logits[count:].float().sigmoid().flip(-1)) / 2
-            sizes = (sizes[:count].float() + sizes[count:].float().flip(-1)) / 2
-            offsets = offsets[:count]
-        else:
-            heatmap_logits, offsets, sizes = self.head_outputs(batch)
-            heatmap = heatmap_logits.float().sigmoid()
-        boxes, scores, labels = centernet_decode(heatmap, offsets, sizes, self.stride, config.max_detections, config.peak_kernel)
-        return select_detections(
-            boxes, scores, labels, image_sizes, config.score_threshold, config.nms_threshold, config.soft_nms_sigma
-        )
+            check_targets(targets, len(image_sizes))  # before the network runs: a bad target fails fast
+            outputs = self.head_outputs(batch)
+            return self.loss(outputs, self.training_targets(outputs, targets, image_sizes))
+        if self.config.flip_test:
+            # The mirror goes through the network in the same batch; `decode` averages it back in.
+            batch = torch.cat([batch, batch.flip(-1)])
+        return self.decode(self.head_outputs(batch), image_sizes)
 
 
 def build_centernet(

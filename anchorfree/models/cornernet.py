@@ -21,6 +21,7 @@ Reading order: corner pooling -> head -> targets -> loss -> decode -> the model 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -392,6 +393,27 @@ def cornernet_decode(
 
 # ----------------------------------------------------------------------------------------------------- model
 
+# One corner type's head outputs: heatmap_logits (N, C, H, W), embeddings (N, 1, H, W), offsets (N, 2, H, W).
+CornerOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class CornerNetOutputs:
+    """What `CornerNet.head_outputs` returns for a batch.
+
+    `top_left, bottom_right = outputs` unpacks the final stack's pair, the one `cornernet_decode` reads.
+    """
+
+    top_left: CornerOutputs
+    bottom_right: CornerOutputs
+    # In training mode, the (top_left, bottom_right) of each earlier Hourglass stack, first stack first (intermediate
+    # supervision: the same losses, added to the final pair's); empty in eval mode, where those heads do not run.
+    intermediate: list[tuple[CornerOutputs, CornerOutputs]] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[CornerOutputs]:
+        """The final stack's top-left outputs, then its bottom-right ones."""
+        return iter((self.top_left, self.bottom_right))
+
 
 class CornerNet(nn.Module):
     """CornerNet: backbone -> stride-4 features -> top-left and bottom-right corner heads.
@@ -400,7 +422,12 @@ class CornerNet(nn.Module):
     `top_left_head` / `bottom_right_head`, and each earlier one has its own pair in `intermediate_heads`, trained
     with the same losses (intermediate supervision) and unused at test time. A torchvision backbone goes through
     a stride-4 neck instead and has no intermediate heads.
+
+    A `DetectionModel` (anchorfree.models.detector): `forward` is `head_outputs`, then `training_targets` and
+    `loss`, or `decode`.
     """
+
+    family = "cornernet"  # the key in anchorfree.models.MODELS
 
     def __init__(self, backbone: nn.Module, num_classes: int, config: CornerNetConfig | None = None) -> None:
         super().__init__()
@@ -435,34 +462,45 @@ class CornerNet(nn.Module):
         self.top_left_head, self.bottom_right_head = corner_heads()
         self.intermediate_heads = nn.ModuleList(nn.ModuleList(corner_heads()) for _ in range(num_intermediate))
 
+    @property
+    def max_detections(self) -> int:
+        """The most detections `decode` returns per image: `config.max_detections` (the best corner pairs)."""
+        return self.config.max_detections
+
     def feature_maps(self, batch: torch.Tensor) -> list[torch.Tensor]:
         """(N, 3, H, W) padded batch -> the stride-4 maps, (N, channels, H/4, W/4) each; the final one last."""
         features = self.backbone(match_memory_format(batch, self.backbone))
         return features if self.neck is None else [self.neck(features)]
 
-    def head_outputs(self, batch: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """(N, 3, H, W) padded batch -> the final map's (heatmap_logits, embeddings, offsets) of each corner type."""
-        final = self.feature_maps(batch)[-1]
-        return self.top_left_head(final), self.bottom_right_head(final)
-
-    def forward(
-        self, images: torch.Tensor | list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
-    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
-        """images: normalised (N, 3, H, W) or list of (3, H_i, W_i); targets: [{"boxes", "labels", "iscrowd"?}]."""
-        batch, image_sizes = batch_images(images, self.size_divisor)
-        config = self.config
-        if not self.training:
-            top_left, bottom_right = self.head_outputs(batch)
-            boxes, scores, labels = cornernet_decode(
-                top_left, bottom_right, self.stride, config.corners_top_k, config.embedding_threshold, config.max_detections, config.peak_kernel
-            )
-            return select_detections(
-                boxes, scores, labels, image_sizes, config.score_threshold, config.nms_threshold, config.soft_nms_sigma
-            )
-
-        check_targets(targets, len(image_sizes))
+    def head_outputs(self, batch: torch.Tensor) -> CornerNetOutputs:
+        """(N, 3, H, W) padded batch -> the final map's (heatmap_logits, embeddings, offsets) of each corner type,
+        (N, C, H/4, W/4), (N, 1, H/4, W/4) and (N, 2, H/4, W/4); in training mode also the earlier stacks' pairs."""
         maps = self.feature_maps(batch)
-        output_size = tuple(maps[-1].shape[-2:])
+        outputs = CornerNetOutputs(self.top_left_head(maps[-1]), self.bottom_right_head(maps[-1]))
+        if self.training:
+            # Intermediate supervision only: at test time these heads are not run (the paper discards them).
+            outputs.intermediate = [
+                (top_left_head(features), bottom_right_head(features))
+                for features, (top_left_head, bottom_right_head) in zip(maps[:-1], self.intermediate_heads)
+            ]
+        return outputs
+
+    @torch.no_grad()
+    def training_targets(
+        self, outputs: CornerNetOutputs, targets: list[dict[str, torch.Tensor]], image_sizes: list[tuple[int, int]]
+    ) -> list[CornerNetTargets]:
+        """`cornernet_targets` of every image on the (H/4, W/4) maps of `outputs`, with the config's radius settings.
+
+        Args:
+            outputs: from `head_outputs` (only the top-left heatmap's shape is read; every stack's maps share it).
+            targets: one {"boxes" (M, 4) input pixels, "labels" (M,), "iscrowd" (M,) optional} per image.
+            image_sizes: unused: the targets cover the whole padded map.
+
+        Returns:
+            One `CornerNetTargets` per image, shared by the final and the intermediate heads.
+        """
+        config = self.config
+        output_size = tuple(outputs.top_left[0].shape[-2:])
         image_targets = []
         for image_index, target in enumerate(targets):
             check_num_classes(target["labels"], self.num_classes, image_index)
@@ -472,11 +510,39 @@ class CornerNet(nn.Module):
                     config.radius_formula, config.min_overlap, config.max_objects, target.get("iscrowd"),
                 )
             )
-        losses = cornernet_loss(self.top_left_head(maps[-1]), self.bottom_right_head(maps[-1]), image_targets, config)
-        for features, (top_left_head, bottom_right_head) in zip(maps[:-1], self.intermediate_heads):
-            intermediate = cornernet_loss(top_left_head(features), bottom_right_head(features), image_targets, config)
+        return image_targets
+
+    def loss(self, outputs: CornerNetOutputs, training_targets: list[CornerNetTargets]) -> dict[str, torch.Tensor]:
+        """`cornernet_loss` of the final pair plus that of each intermediate pair: {"heatmap", "pull", "push", "offset"}."""
+        losses = cornernet_loss(outputs.top_left, outputs.bottom_right, training_targets, self.config)
+        for top_left, bottom_right in outputs.intermediate:
+            intermediate = cornernet_loss(top_left, bottom_right, training_targets, self.config)
             losses = {name: value + intermediate[name] for name, value in losses.items()}
         return losses
+
+    def decode(self, outputs: CornerNetOutputs, image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """`cornernet_decode` of the final pair, then `select_detections`: scores over `config.score_threshold`, boxes
+        clipped to each image, the config's optional NMS or soft-NMS. Per image {"boxes", "scores", "labels"}."""
+        config = self.config
+        boxes, scores, labels = cornernet_decode(
+            outputs.top_left, outputs.bottom_right, self.stride, config.corners_top_k, config.embedding_threshold, config.max_detections,
+            config.peak_kernel,
+        )
+        return select_detections(
+            boxes, scores, labels, image_sizes, config.score_threshold, config.nms_threshold, config.soft_nms_sigma
+        )
+
+    def forward(
+        self, images: torch.Tensor | list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
+    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+        """images: normalised (N, 3, H, W) or list of (3, H_i, W_i); targets: [{"boxes", "labels", "iscrowd"?}]."""
+        batch, image_sizes = batch_images(images, self.size_divisor)
+        if self.training:
+            check_targets(targets, len(image_sizes))  # before the network runs: a bad target fails fast
+        outputs = self.head_outputs(batch)
+        if self.training:
+            return self.loss(outputs, self.training_targets(outputs, targets, image_sizes))
+        return self.decode(outputs, image_sizes)
 
 
 def build_cornernet(

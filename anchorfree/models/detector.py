@@ -1,21 +1,92 @@
-"""The contract every family follows, and the input checks they share.
+"""The contract every family follows (`DetectionModel`), and the input checks they share.
 
 A detector is a plain `nn.Module` with torchvision's contract: `model(images, targets)` returns a dict of
 scalar losses in training mode and `list[{"boxes", "scores", "labels"}]` in eval mode. `images` are already
 resized and normalised by the data pipeline (the model never resizes); they may be a padded batch tensor
 (N, 3, H, W) or a list of (3, H_i, W_i) tensors, which are padded here (bottom/right) to a common size.
 Boxes are absolute (x1, y1, x2, y2) pixels of the (unpadded) input image.
+
+`forward` is the composition of four public steps (head outputs, training targets, loss, decode), so that a
+caller who takes one step alone (drawing the targets, testing the loss on planted outputs) gets exactly what
+training and evaluation get.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from anchorfree.ops.boxes import soft_nms
+
+
+@runtime_checkable
+class DetectionModel(Protocol):
+    """What every family's model offers: an `nn.Module` with these members (a protocol, not a base class).
+
+    `forward` is their composition (N images, P the family's output positions):
+
+        batch, image_sizes = batch_images(images, model.size_divisor)    # (N, 3, H, W), [(H_i, W_i)] * N
+        training: check_targets(targets, N)                              # before the network runs
+                  outputs = model.head_outputs(batch)
+                  losses = model.loss(outputs, model.training_targets(outputs, targets, image_sizes))
+        eval:     detections = model.decode(model.head_outputs(batch), image_sizes)
+
+    The types of `outputs` and of the training targets are the family's own, documented by its
+    `head_outputs` and `training_targets`: FCOS gives (class_logits, box_distances, centerness_logits,
+    locations) and (point_labels (N, P), point_boxes (N, P, 4)); CenterNet three stride-4 maps and one
+    `CenterNetTargets` per image; CornerNet a `CornerNetOutputs` and one `CornerNetTargets` per image.
+    A test-time variant of the batch is the family's to document: with `flip_test`, CenterNet's eval `forward`
+    decodes the head outputs of the batch followed by its mirror.
+    """
+
+    family: str  # the family's key in `anchorfree.models.MODELS`: "fcos", "centernet", "cornernet"
+    config: Any  # the family's settings dataclass (`FCOSConfig`, `CenterNetConfig`, `CornerNetConfig`)
+    size_divisor: int  # `forward` pads the batch's sides to a multiple of this (32; 128 for an Hourglass)
+
+    @property
+    def max_detections(self) -> int:
+        """The most detections `decode` returns per image (`config.max_detections`): the evaluator's per-image cap."""
+        ...
+
+    def head_outputs(self, batch: torch.Tensor) -> Any:
+        """The raw head outputs of a padded (N, 3, H, W) batch (H, W multiples of `size_divisor`), before any loss
+        or decode; their shapes follow from the batch's (e.g. (N, C, H/4, W/4) heatmap logits)."""
+        ...
+
+    def training_targets(self, outputs: Any, targets: list[dict[str, torch.Tensor]], image_sizes: list[tuple[int, int]]) -> Any:
+        """The training targets of the batch, without gradients: the family's target builder applied to each
+        image's {"boxes" (M, 4) input pixels, "labels" (M,) in [0, C), "iscrowd" (M,) optional}, on the
+        positions of `outputs` (their shapes, never their values) with the settings of `config`. A picture of
+        these targets is therefore by construction what `loss` sees.
+
+        Raises:
+            ValueError: a label outside [0, C), naming the image index.
+        """
+        ...
+
+    def loss(self, outputs: Any, training_targets: Any) -> dict[str, torch.Tensor]:
+        """The family's losses: float32 scalars, already weighted, so that their sum is the training loss."""
+        ...
+
+    def decode(self, outputs: Any, image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """Detections per image: {"boxes" (D, 4) x1, y1, x2, y2 network-input pixels clipped to the image's
+        (height, width) in `image_sizes`, "scores" (D,) sorted descending, "labels" (D,) int64}, D <= max_detections."""
+        ...
+
+    def forward(
+        self, images: torch.Tensor | list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
+    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+        """torchvision's contract: `loss` of the targets in training mode, `decode` in eval mode (see the class doc).
+
+        Args:
+            images: normalised (N, 3, H, W) float, or a list of (3, H_i, W_i).
+            targets: training mode only, one dict per image (see `training_targets`).
+        """
+        ...
 
 
 def batch_images(images: torch.Tensor | list[torch.Tensor], size_divisor: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:

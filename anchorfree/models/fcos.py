@@ -359,9 +359,19 @@ def fcos_decode(
 
 # ----------------------------------------------------------------------------------------------------- model
 
+# What `FCOS.head_outputs` returns: class_logits (N, P, C), box_distances (N, P, 4), centerness_logits (N, P),
+# and the locations of the P points.
+FCOSOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, FCOSLocations]
+
 
 class FCOS(nn.Module):
-    """FCOS detector: backbone -> FPN P3-P7 -> shared head; losses in training mode, detections in eval mode."""
+    """FCOS detector: backbone -> FPN P3-P7 -> shared head; losses in training mode, detections in eval mode.
+
+    A `DetectionModel` (anchorfree.models.detector): `forward` is `head_outputs`, then `training_targets` and
+    `loss`, or `decode`.
+    """
+
+    family = "fcos"  # the key in anchorfree.models.MODELS
 
     def __init__(self, backbone: nn.Module, num_classes: int, config: FCOSConfig | None = None) -> None:
         super().__init__()
@@ -382,7 +392,12 @@ class FCOS(nn.Module):
             self.config.prior_probability,
         )
 
-    def head_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, FCOSLocations]:
+    @property
+    def max_detections(self) -> int:
+        """The most detections `decode` returns per image: `config.max_detections`."""
+        return self.config.max_detections
+
+    def head_outputs(self, batch: torch.Tensor) -> FCOSOutputs:
         """The raw head outputs of a padded batch, before any loss or decode.
 
         Args:
@@ -399,31 +414,59 @@ class FCOS(nn.Module):
         )
         return class_logits, box_distances, centerness_logits, locations
 
+    @torch.no_grad()
+    def training_targets(
+        self, outputs: FCOSOutputs, targets: list[dict[str, torch.Tensor]], image_sizes: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`assign_targets` of every image on the locations of `outputs`, with `config.center_sampling_radius`.
+
+        Args:
+            outputs: from `head_outputs` (only its locations are read).
+            targets: one {"boxes" (M, 4) input pixels, "labels" (M,), "iscrowd" (M,) optional} per image.
+            image_sizes: unused: boxes lie in their image, so the locations in the padding are background.
+
+        Returns:
+            point_labels (N, P) int64 (class index, BACKGROUND or IGNORE) and point_boxes (N, P, 4).
+        """
+        locations = outputs[3]
+        assigned = []
+        for image_index, target in enumerate(targets):
+            check_num_classes(target["labels"], self.num_classes, image_index)
+            assigned.append(
+                assign_targets(locations, target["boxes"], target["labels"], target.get("iscrowd"), self.config.center_sampling_radius)
+            )
+        point_labels = torch.stack([labels for labels, _ in assigned])  # (N, P)
+        point_boxes = torch.stack([boxes for _, boxes in assigned])  # (N, P, 4)
+        return point_labels, point_boxes
+
+    def loss(self, outputs: FCOSOutputs, training_targets: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`fcos_loss` of `head_outputs` against `training_targets`: {"classification", "box", "centerness"}."""
+        class_logits, box_distances, centerness_logits, locations = outputs
+        point_labels, point_boxes = training_targets
+        return fcos_loss(
+            class_logits, box_distances, centerness_logits, locations, point_labels, point_boxes,
+            self.config.focal_alpha, self.config.focal_gamma,
+        )
+
+    def decode(self, outputs: FCOSOutputs, image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """`fcos_decode` of `head_outputs` with the config's thresholds: per image {"boxes", "scores", "labels"}."""
+        class_logits, box_distances, centerness_logits, locations = outputs
+        return fcos_decode(
+            class_logits, box_distances, centerness_logits, locations, image_sizes,
+            self.config.score_threshold, self.config.pre_nms_top_k, self.config.nms_threshold, self.config.max_detections,
+        )
+
     def forward(
         self, images: torch.Tensor | list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         """images: normalised (N, 3, H, W) or list of (3, H_i, W_i); targets: [{"boxes", "labels", "iscrowd"?}]."""
         batch, image_sizes = batch_images(images, self.size_divisor)
         if self.training:
-            check_targets(targets, len(image_sizes))
-        class_logits, box_distances, centerness_logits, locations = self.head_outputs(batch)
+            check_targets(targets, len(image_sizes))  # before the network runs: a bad target fails fast
+        outputs = self.head_outputs(batch)
         if self.training:
-            assigned = []
-            for image_index, target in enumerate(targets):
-                check_num_classes(target["labels"], self.num_classes, image_index)
-                assigned.append(
-                    assign_targets(locations, target["boxes"], target["labels"], target.get("iscrowd"), self.config.center_sampling_radius)
-                )
-            point_labels = torch.stack([labels for labels, _ in assigned])  # (N, P)
-            point_boxes = torch.stack([boxes for _, boxes in assigned])  # (N, P, 4)
-            return fcos_loss(
-                class_logits, box_distances, centerness_logits, locations, point_labels, point_boxes,
-                self.config.focal_alpha, self.config.focal_gamma,
-            )
-        return fcos_decode(
-            class_logits, box_distances, centerness_logits, locations, image_sizes,
-            self.config.score_threshold, self.config.pre_nms_top_k, self.config.nms_threshold, self.config.max_detections,
-        )
+            return self.loss(outputs, self.training_targets(outputs, targets, image_sizes))
+        return self.decode(outputs, image_sizes)
 
 
 def build_fcos(num_classes: int, backbone: str = "resnet50", pretrained_backbone: bool = False, backbone_width: float = 1.0, config: FCOSConfig | None = None) -> FCOS:

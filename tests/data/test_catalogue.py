@@ -45,7 +45,7 @@ from anchorfree.data.images import ImageLoadError, load_image
 from anchorfree.data.records import DetectionData, InvalidAnnotation
 from anchorfree.data.voc import read_voc
 from anchorfree.data.yolo import read_yolo
-from anchorfree.engine import read_splits
+from anchorfree.data.splits import read_splits
 
 WIDTH, HEIGHT = 64, 48
 

@@ -17,7 +17,6 @@ from torchvision.ops import box_iou
 
 from anchorfree.models.backbones import FrozenNorm, build_backbone
 from anchorfree.models.detector import select_detections
-from anchorfree.ops.boxes import soft_nms
 from anchorfree.models.cornernet import (
     CornerHead,
     CornerNet,
@@ -709,22 +708,8 @@ def test_exportable_corner_pooling_runs_in_onnx_runtime_with_the_same_output() -
         torch.testing.assert_close(torch.from_numpy(exported), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_soft_nms_decays_overlapping_boxes_of_a_class_and_leaves_other_classes_alone() -> None:
-    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 9.0], [0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
-    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
-    labels = torch.tensor([0, 0, 1, 0])
-    kept, decayed = soft_nms(boxes, scores, labels, sigma=0.5, score_threshold=0.01)
-    # Box 1 overlaps box 0 (same class) at IoU 0.9: its score decays by exp(-0.81 / 0.5). Box 2 is another class.
-    expected = {0: 0.9, 2: 0.7, 3: 0.6, 1: 0.8 * math.exp(-0.81 / 0.5)}
-    assert kept.tolist() == [0, 2, 3, 1]
-    assert torch.allclose(decayed, torch.tensor([expected[index] for index in kept.tolist()]), atol=1e-6)
-    kept, _ = soft_nms(boxes, scores, labels, sigma=0.5, score_threshold=0.5)
-    assert kept.tolist() == [0, 2, 3]  # the decayed box falls below the threshold
-    empty, empty_scores = soft_nms(boxes[:0], scores[:0], labels[:0])
-    assert empty.shape == (0,) and empty_scores.shape == (0,)
-
-
 def test_select_detections_with_soft_nms_keeps_order_by_decayed_score() -> None:
+    """CornerNet's soft_nms_sigma in the shared selection step (soft_nms itself: tests/ops/test_boxes.py)."""
     boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 9.0], [20.0, 20.0, 30.0, 30.0]]])
     scores = torch.tensor([[0.9, 0.85, 0.5]])
     labels = torch.zeros(1, 3, dtype=torch.long)
@@ -732,11 +717,3 @@ def test_select_detections_with_soft_nms_keeps_order_by_decayed_score() -> None:
     assert detections["scores"].tolist() == sorted(detections["scores"].tolist(), reverse=True)
     assert detections["scores"][0] == pytest.approx(0.9)
     assert detections["scores"][-1] == pytest.approx(0.85 * math.exp(-0.81 / 0.5), abs=1e-6)
-
-
-def test_soft_nms_of_zero_area_boxes_keeps_scores_finite() -> None:
-    # Boxes clipped to an image edge can have zero width; IoU 0 / 0 must not turn the decayed scores into NaN.
-    boxes = torch.tensor([[5.0, 5.0, 5.0, 9.0], [5.0, 5.0, 5.0, 9.0], [0.0, 0.0, 4.0, 4.0]])
-    kept, decayed = soft_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.zeros(3, dtype=torch.long))
-    assert torch.isfinite(decayed).all()
-    assert kept.tolist() == [0, 1, 2] and decayed.tolist() == pytest.approx([0.9, 0.8, 0.7])

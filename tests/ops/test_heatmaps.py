@@ -1,4 +1,5 @@
-"""Keypoint heatmaps: Gaussian radii, Gaussian splatting, peak extraction, and the penalty-reduced focal loss.
+"""Keypoint heatmaps: Gaussian radii, Gaussian splatting and peak extraction (their loss, the penalty-reduced focal
+loss, is tested with the other losses in test_losses.py).
 
 Every expected value is worked out by hand here from the closed forms (plain `math`), never read back from the
 function under test. Heatmaps are (C, H, W) or (N, C, H, W); centres are (x, y) cells.
@@ -12,7 +13,6 @@ import pytest
 import torch
 
 from anchorfree.ops.heatmaps import draw_gaussians, gaussian_radius, heatmap_peaks, top_k_peaks
-from anchorfree.ops.losses import penalty_reduced_focal_loss
 
 # ------------------------------------------------------------------------------------------ gaussian_radius
 #
@@ -216,56 +216,3 @@ def test_top_k_peaks_clamps_k_to_the_number_of_cells() -> None:
     every_cell = [(channel, y, x) for channel in range(2) for y in range(2) for x in range(3)]
     assert sorted(zip(classes[0].tolist(), ys[0].tolist(), xs[0].tolist())) == every_cell
     assert (scores[0, :-1] >= scores[0, 1:]).all()
-
-
-# -------------------------------------------------------------------------------- penalty-reduced focal loss
-
-
-def as_map(values: list[float]) -> torch.Tensor:
-    """A (1, 1, 1, len) heatmap."""
-    return torch.tensor(values).reshape(1, 1, 1, -1)
-
-
-def test_focal_loss_with_one_positive_and_gaussian_negatives_hand_computed() -> None:
-    """alpha = 2, beta = 4: -[(1-p)^2 log p at the positive + sum (1-y)^4 p^2 log(1-p) at negatives] / 1."""
-    probabilities = as_map([0.7, 0.4, 0.2, 0.9])
-    targets = as_map([1.0, 0.5, 0.0, 0.8])
-    positive = 0.3**2 * math.log(0.7)
-    negatives = 0.5**4 * 0.4**2 * math.log(0.6) + 1.0 * 0.2**2 * math.log(0.8) + 0.2**4 * 0.9**2 * math.log(0.1)
-    loss = penalty_reduced_focal_loss(probabilities, targets)
-    assert loss.shape == () and loss.dtype == torch.float32
-    assert loss.item() == pytest.approx(-(positive + negatives), rel=1e-6)
-    # Other exponents: alpha = 1, beta = 2.
-    positive = 0.3 * math.log(0.7)
-    negatives = 0.5**2 * 0.4 * math.log(0.6) + 0.2 * math.log(0.8) + 0.2**2 * 0.9 * math.log(0.1)
-    loss = penalty_reduced_focal_loss(probabilities, targets, alpha=1.0, beta=2.0)
-    assert loss.item() == pytest.approx(-(positive + negatives), rel=1e-6)
-
-
-def test_focal_loss_is_normalised_by_the_number_of_positives() -> None:
-    """Two positives: the sum is divided by 2."""
-    probabilities = as_map([0.7, 0.6, 0.4])
-    targets = as_map([1.0, 1.0, 0.5])
-    total = 0.3**2 * math.log(0.7) + 0.4**2 * math.log(0.6) + 0.5**4 * 0.4**2 * math.log(0.6)
-    assert penalty_reduced_focal_loss(probabilities, targets).item() == pytest.approx(-total / 2, rel=1e-6)
-
-
-def test_focal_loss_without_positives_is_minus_the_negative_sum_undivided() -> None:
-    """num_pos == 0: the loss is -(sum of the negatives' terms), not divided by anything."""
-    probabilities = as_map([0.4, 0.2, 0.9])
-    targets = as_map([0.5, 0.0, 0.8])
-    negatives = 0.5**4 * 0.4**2 * math.log(0.6) + 0.2**2 * math.log(0.8) + 0.2**4 * 0.9**2 * math.log(0.1)
-    assert penalty_reduced_focal_loss(probabilities, targets).item() == pytest.approx(-negatives, rel=1e-6)
-
-
-def test_focal_loss_of_a_near_perfect_prediction_is_close_to_zero() -> None:
-    """p = 1 - 1e-4 at the positive and 1e-4 elsewhere: each term is ~1e-8 * 1e-4, the loss ~0."""
-    targets = torch.zeros(1, 2, 5, 5)
-    targets[0, 1, 2, 2] = 1.0
-    targets[0, 1, 2, 3] = 0.6
-    probabilities = torch.full_like(targets, 1e-4)
-    probabilities[0, 1, 2, 2] = 1 - 1e-4
-    loss = penalty_reduced_focal_loss(probabilities, targets)
-    assert torch.isfinite(loss) and 0 <= loss.item() < 1e-6
-    bad = penalty_reduced_focal_loss(1 - probabilities, targets)  # everything wrong
-    assert bad.item() > 1.0
