@@ -186,6 +186,7 @@ KEYPOINT_FAMILIES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(KEYPOINT_FAMILIES))
 def test_keypoint_family_train_val_predict_through_the_cli(
     family: str, tmp_path_factory: pytest.TempPathFactory, tiny_overrides, tiny_dataset: Path, capsys
@@ -224,6 +225,7 @@ def test_keypoint_family_train_val_predict_through_the_cli(
     assert_predictions_written(out, images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data_format", ["voc", "yolo"])
 def test_train_and_val_read_voc_and_yolo_through_a_dataset_yaml(data_format: str, tiny_dataset: Path, tiny_overrides, tmp_path: Path, capsys) -> None:
     # The tiny COCO dataset (a folder with instances_train.json and instances_val.json) converted by `data convert`;

@@ -95,6 +95,7 @@ def rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_a_shortened_demo_learns_the_easy_scene_and_evaluates_the_weights_average(
     easy_dataset: tuple[Path, list[Planted]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -137,6 +138,7 @@ def test_a_shortened_demo_learns_the_easy_scene_and_evaluates_the_weights_averag
     assert len(sorted((run_folder / "predictions").glob("*.jpg"))) == len(planted)
 
 
+@pytest.mark.slow
 def test_resume_restores_the_weights_average(tiny_overrides: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
     # No validation split: nothing to evaluate, so the three short runs cost only their training steps.
     constant_lr = {"train__warmup_iters": 0, "train__final_lr_ratio": 1.0, "train__ema_decay": 0.9, "data__val": ""}

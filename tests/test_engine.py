@@ -202,6 +202,7 @@ def test_resume_from_a_weights_only_file_is_refused(one_epoch_run) -> None:
 # ----------------------------------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_one_epoch_then_resume_to_two_equals_two_epochs_straight(tmp_path: Path, tiny_overrides) -> None:
     # A constant learning rate: the schedule then does not depend on train.epochs, which a resume may raise.
     straight = anchorfree.train("fcos_cpu", tiny_overrides(tmp_path / "a", train__epochs=2, **CONSTANT_LR), progress=False)
@@ -253,6 +254,7 @@ def interrupted_and_straight(tmp_path_factory: pytest.TempPathFactory, tiny_over
     return straight, resumed, {"message": str(interrupted.value), "loop": loop_at_interrupt, "run": run}
 
 
+@pytest.mark.slow
 def test_interrupt_saves_last_mid_epoch(interrupted_and_straight) -> None:
     _, resumed, info = interrupted_and_straight
     assert resumed == info["run"]

@@ -215,6 +215,7 @@ def test_metrics_of_an_older_checkpoint_are_deduplicated_up_to_its_epoch(tmp_pat
 # ------------------------------------------------------------------------------------------- relative paths
 
 
+@pytest.mark.slow
 def test_a_run_with_relative_paths_evaluates_and_resumes_from_another_directory(
     tmp_path: Path, tiny_dataset: Path, tiny_overrides, monkeypatch: pytest.MonkeyPatch
 ) -> None:

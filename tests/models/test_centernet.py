@@ -431,6 +431,7 @@ def rectangles_batch() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     return images, targets
 
 
+@pytest.mark.slow
 def test_overfits_one_batch_and_detects_its_boxes(overfit: Callable[..., list[float]]) -> None:
     """100 Adam steps on one batch: the loss falls below 30% of its start and each image's top detection is a right box.
 

@@ -660,6 +660,7 @@ def rectangles_batch() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     return images, targets
 
 
+@pytest.mark.slow
 def test_overfits_one_batch_and_pairs_the_right_corners(overfit: Callable[..., list[float]]) -> None:
     """100 Adam steps on one batch: the loss falls below 10% of its start, and in eval the best detections are the
     ground-truth boxes with their labels; in the first image both same-class boxes come before the cross pairs

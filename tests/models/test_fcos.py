@@ -429,6 +429,7 @@ def rectangles_batch() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     return images, targets
 
 
+@pytest.mark.slow
 def test_overfits_one_batch_and_detects_its_boxes(overfit: Callable[..., list[float]]) -> None:
     images, targets = rectangles_batch()
     model = tiny_model(2)
