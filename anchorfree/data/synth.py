@@ -52,7 +52,7 @@ VERSION = 7
 
 MIN_SIDE, MAX_SIDE = 144, 224
 MIN_ASPECT, MAX_ASPECT = 0.6, 1.7
-MIN_OBJECT_SIZE = 16.0  # 12 px (v6): FCOS demo 0.526 / AP50 0.724 at best; 16 px (v7): 0.583 / 0.780
+MIN_OBJECT_SIZE = 16.0  # 12 px (v6): FCOS demo mAP 0.49-0.53, AP50 0.68-0.72; 16 px (v7): 0.58 / 0.78 (docs/benchmarks.md)
 MAX_OBJECT_FRACTION = 0.8  # of the shorter image side
 # Exponent < 1 tilts the log-uniform size draw towards larger objects: triangles, stars and
 # crosses fill less of their box than a circle, and large placements fail the occlusion rule
